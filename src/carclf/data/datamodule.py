@@ -1,0 +1,172 @@
+"""CarDataModule: the dataset index, its split, and loaders whose image size can change mid-run.
+
+``image_size``, ``batch_size`` and ``augment_strength`` are plain attributes: the stage callback
+sets them between epochs and the trainer (``reload_dataloaders_every_n_epochs=1``) asks for fresh
+loaders. A stage may also install its own loaders (e.g. over cached features) through
+``loader_overrides``; ``before_loader`` lets the callback apply a stage before Lightning builds
+the loaders of an epoch (Lightning reloads loaders *before* ``on_train_epoch_start``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from carclf.data.dataset import CarDataset, skip_none_collate
+from carclf.data.layouts import DatasetIndex, read_dataset
+from carclf.data.presets import AugmentConfig, EvalPreset, TrainPreset
+from carclf.data.split import fold_split, stratified_split
+
+log = logging.getLogger(__name__)
+
+
+class CarDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        index: DatasetIndex | None = None,
+        layout: str = "auto",
+        class_map: str = "auto",
+        image_size: int = 224,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        val_fraction: float = 0.15,
+        fold: int | None = None,
+        num_folds: int = 5,
+        seed: int = 0,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        resize: str = "squash",
+        augment: AugmentConfig | dict | None = None,
+        bad_files=(),
+    ):
+        super().__init__()
+        if index is None and path is None:
+            raise ValueError("CarDataModule needs a dataset path or an index")
+        self.index = (
+            index if index is not None else read_dataset(path, layout=layout, class_map=class_map)
+        )
+        self.index = self.index.drop(bad_files)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.mean, self.std, self.resize = tuple(mean), tuple(std), resize
+        self.augment = (
+            augment if isinstance(augment, AugmentConfig) else AugmentConfig(**(augment or {}))
+        )
+        self.augment_strength = self.augment.strength
+        labels = self.index.train["label"].to_numpy()
+        if fold is not None:
+            self.train_idx, self.val_idx = fold_split(labels, fold, num_folds, seed)
+        else:
+            self.train_idx, self.val_idx = stratified_split(labels, val_fraction, seed)
+        self.loader_overrides: dict[str, Callable[[], DataLoader]] = {}
+        self.before_loader: Callable[[], None] | None = None
+
+    # -- facts ----------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.index.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.index.class_names
+
+    def rows(self, split: str):
+        """The index rows of ``train``, ``val``, ``all`` (train+val) or ``test``."""
+        table = self.index.train
+        if split == "train":
+            return table.iloc[self.train_idx]
+        if split == "val":
+            return table.iloc[self.val_idx]
+        if split == "all":
+            return table
+        if split == "test":
+            return self.index.test
+        raise ValueError(f"unknown split {split!r}")
+
+    def class_weights(self) -> np.ndarray:
+        """Inverse-frequency weights over the training split (mean 1)."""
+        counts = np.bincount(self.rows("train")["label"], minlength=self.num_classes).astype(float)
+        w = 1.0 / np.maximum(counts, 1.0)
+        return w / w.mean()
+
+    # -- presets ----------------------------------------------------------------------------
+    def eval_preset(self, size: int | None = None, hflip: bool = False) -> EvalPreset:
+        return EvalPreset(
+            size=size or self.image_size,
+            mean=self.mean,
+            std=self.std,
+            resize=self.resize,
+            hflip=hflip,
+        )
+
+    def train_preset(self, size: int | None = None, strength: float | None = None) -> TrainPreset:
+        s = self.augment_strength if strength is None else strength
+        return TrainPreset(
+            size=size or self.image_size,
+            mean=self.mean,
+            std=self.std,
+            aug=self.augment,
+            resize=self.resize,
+            strength=s,
+        )
+
+    def dataset(self, split: str, transform=None) -> CarDataset:
+        rows = self.rows(split)
+        if transform is None:
+            transform = self.train_preset() if split == "train" else self.eval_preset()
+        labels = rows["label"].tolist() if "label" in rows else None
+        return CarDataset(rows["path"].tolist(), labels, transform)
+
+    def loader(
+        self,
+        dataset,
+        *,
+        shuffle: bool = False,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+    ) -> DataLoader:
+        bs = batch_size or (
+            self.batch_size if shuffle else (self.eval_batch_size or self.batch_size)
+        )
+        return DataLoader(
+            dataset,
+            batch_size=bs,
+            shuffle=shuffle,
+            drop_last=drop_last and len(dataset) > bs,
+            num_workers=self.num_workers,
+            collate_fn=skip_none_collate,
+            persistent_workers=False,
+        )
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+    def _prepare(self, kind: str):
+        if self.before_loader is not None:
+            self.before_loader()
+        return self.loader_overrides.get(kind)
+
+    def train_dataloader(self) -> DataLoader:
+        override = self._prepare("train")
+        if override is not None:
+            return override()
+        return self.loader(self.dataset("train"), shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        override = self._prepare("val")
+        if override is not None:
+            return override()
+        return self.loader(self.dataset("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

@@ -1,0 +1,52 @@
+"""CarDataset: (path, label) rows decoded robustly; a bad file yields None, never an exception."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from torch.utils.data import Dataset, default_collate
+
+from carclf.data.images import MAX_PIXELS, load_rgb
+from carclf.errors import ImageDecodeError
+
+log = logging.getLogger(__name__)
+
+
+class CarDataset(Dataset):
+    """Items are ``(image tensor, label, index)``; ``label`` is -1 for unlabelled images.
+
+    The index travels with every item so predictions map back to their rows whatever the order
+    of the loader (shuffling, TTA views, skipped files).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: Sequence[int] | None,
+        transform: Callable,
+        max_pixels: int = MAX_PIXELS,
+    ):
+        self.paths = list(paths)
+        self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
+        self.transform = transform
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            image = load_rgb(self.paths[i], max_pixels=self.max_pixels)
+        except ImageDecodeError as e:
+            log.warning("skipping unreadable image %s", e)
+            return None
+        return self.transform(image), self.labels[i], i
+
+
+def skip_none_collate(batch):
+    """Collate that drops items a dataset could not decode (returns None for an empty batch)."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    return default_collate(batch)

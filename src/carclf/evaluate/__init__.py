@@ -1,0 +1,1 @@
+"""Inference and evaluation: the Classifier, TTA, metrics, reports, submissions."""

@@ -1,0 +1,212 @@
+"""``carclf.Classifier``: load a trained model from anywhere and ask it about photos.
+
+``Classifier.load(path)`` takes a bundle folder, a training run folder, or a Lightning checkpoint,
+and needs neither Hydra nor any training code path. ``predict`` takes paths, PIL images, bytes or
+RGB arrays and returns, per image, the top-k classes with names and probabilities. An image that
+cannot be decoded gets a result with ``error`` set instead of stopping the batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from carclf.data.classmaps import display_name
+from carclf.data.images import MAX_PIXELS, load_rgb
+from carclf.data.presets import EvalPreset
+from carclf.errors import ImageDecodeError, ModelError
+from carclf.models.bundle import BundleMeta, is_bundle, load_bundle
+from carclf.models.network import CarNet
+
+
+@dataclass
+class ClassScore:
+    index: int
+    label: object
+    name: str
+    name_local: str | None
+    display: str
+    probability: float
+
+
+@dataclass
+class Prediction:
+    source: str
+    top: list[ClassScore] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def find_model(path: str | os.PathLike) -> Path:
+    """The bundle or checkpoint that ``path`` (bundle, run dir, or checkpoint) stands for."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelError(
+            f"{p}: no such model (expected a bundle folder, a run folder or a .ckpt file)"
+        )
+    if p.is_file():
+        return p
+    if is_bundle(p):
+        return p
+    if is_bundle(p / "bundle"):
+        return p / "bundle"
+    for ckpt in (p / "checkpoints" / "best.ckpt", p / "checkpoints" / "last.ckpt"):
+        if ckpt.is_file():
+            return ckpt
+    raise ModelError(f"{p}: no bundle/ and no checkpoints/best.ckpt or last.ckpt in this folder")
+
+
+def load_checkpoint_net(path: Path) -> tuple[CarNet, BundleMeta]:
+    """Network and metadata from a Lightning checkpoint written by carclf's training."""
+    from carclf.models.factory import build_net
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ModelError(f"{path}: cannot read checkpoint ({e})") from None
+    hp = ckpt.get("hyper_parameters", {})
+    if "meta" not in hp:
+        raise ModelError(
+            f"{path}: not a carclf checkpoint (no model metadata in its hyper-parameters)"
+        )
+    meta = BundleMeta.from_dict(hp["meta"])
+    net = build_net(meta.backbone, meta.num_classes, weights="none", head=meta.head)
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state, strict=True)
+    return net.eval(), meta
+
+
+class Classifier:
+    """A trained car classifier with its preprocessing contract."""
+
+    def __init__(
+        self,
+        net: CarNet,
+        meta: BundleMeta,
+        device: str | torch.device | None = None,
+        temperature: float | None = None,
+    ):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.net = net.to(self.device).eval()
+        self.meta = meta
+        self.temperature = meta.temperature if temperature is None else temperature
+        self.preset = EvalPreset(
+            size=meta.image_size, mean=meta.mean, std=meta.std, resize=meta.resize
+        )
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, device: str | None = None, temperature: float | None = None
+    ) -> Classifier:
+        target = find_model(path)
+        net, meta = load_checkpoint_net(target) if target.is_file() else load_bundle(target)
+        return cls(net, meta, device=device, temperature=temperature)
+
+    # -- facts ------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta.num_classes
+
+    def display_names(self) -> list[str]:
+        local = self.meta.class_names_local or [None] * self.num_classes
+        return [display_name(n, loc) for n, loc in zip(self.class_names, local, strict=True)]
+
+    # -- inference -----------------------------------------------------------------------------
+    def decode(self, image) -> np.ndarray:
+        """Any accepted input as an RGB uint8 array (raises ImageDecodeError)."""
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ImageDecodeError(
+                    "<array>", f"expected an HxWx3 uint8 RGB array, got {image.shape} {image.dtype}"
+                )
+            return image
+        if hasattr(image, "convert") and hasattr(image, "size"):  # PIL image
+            from carclf.data.images import _to_rgb
+
+            return np.asarray(_to_rgb(image))
+        return load_rgb(image, max_pixels=MAX_PIXELS)
+
+    def preprocess(self, image) -> torch.Tensor:
+        return self.preset(self.decode(image))
+
+    @torch.inference_mode()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw logits for a preprocessed batch (N, 3, H, W)."""
+        return self.net(batch.to(self.device)).float().cpu()
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits / self.temperature, dim=1)
+
+    def scores(self, probs: np.ndarray, top_k: int) -> list[ClassScore]:
+        local = self.meta.class_names_local or [None] * self.num_classes
+        order = np.argsort(-probs)[: min(top_k, self.num_classes)]
+        return [
+            ClassScore(
+                int(i),
+                self.meta.label_values[i],
+                self.class_names[i],
+                local[i],
+                display_name(self.class_names[i], local[i]),
+                float(probs[i]),
+            )
+            for i in order
+        ]
+
+    def predict(
+        self, images: Iterable | object, top_k: int = 5, batch_size: int = 32
+    ) -> list[Prediction]:
+        """Top-k classes for each image; a single image (not a list) is accepted too."""
+        if isinstance(images, (str, os.PathLike, bytes, bytearray, np.ndarray)) or hasattr(
+            images, "convert"
+        ):
+            images = [images]
+        images = list(images)
+        probs, errors = self._probabilities(images, batch_size)
+        return [
+            Prediction(_source(image), error=errors[i])
+            if i in errors
+            else Prediction(_source(image), self.scores(probs[i], top_k))
+            for i, image in enumerate(images)
+        ]
+
+    def predict_proba(self, images: Sequence, batch_size: int = 32) -> np.ndarray:
+        """(N, K) probabilities; rows of undecodable images are NaN."""
+        return self._probabilities(list(images), batch_size)[0]
+
+    def _probabilities(self, images: list, batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
+        out = np.full((len(images), self.num_classes), np.nan, dtype=np.float32)
+        errors: dict[int, str] = {}
+        for start in range(0, len(images), batch_size):
+            tensors, slots = [], []
+            for j, image in enumerate(images[start : start + batch_size], start):
+                try:
+                    tensors.append(self.preprocess(image))
+                    slots.append(j)
+                except ImageDecodeError as e:
+                    errors[j] = e.reason
+            if tensors:
+                out[slots] = self.probabilities(self.logits(torch.stack(tensors))).numpy()
+        return out, errors
+
+
+def _source(image) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    if isinstance(image, (bytes, bytearray)):
+        return "<bytes>"
+    return f"<{type(image).__name__}>"
