@@ -87,29 +87,70 @@ def load_checkpoint_net(path: Path) -> tuple[CarNet, BundleMeta]:
     return net.eval(), meta
 
 
+class TorchBackend:
+    """Logits from the PyTorch network (eager)."""
+
+    name = "torch"
+
+    def __init__(self, net: CarNet, device: torch.device):
+        self.net = net.to(device).eval()
+        self.device = device
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.net(batch.to(self.device)).float().cpu()
+
+
 class Classifier:
-    """A trained car classifier with its preprocessing contract."""
+    """A trained car classifier with its preprocessing contract.
+
+    ``backend`` turns a preprocessed batch into logits: PyTorch by default, ONNX Runtime when the
+    bundle holds an exported ``model.onnx`` (see :mod:`carclf.export`).
+    """
 
     def __init__(
         self,
-        net: CarNet,
+        net: CarNet | None,
         meta: BundleMeta,
         device: str | torch.device | None = None,
         temperature: float | None = None,
+        backend=None,
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.net = net.to(self.device).eval()
+        self.net = net
         self.meta = meta
         self.temperature = meta.temperature if temperature is None else temperature
         self.preset = EvalPreset(
             size=meta.image_size, mean=meta.mean, std=meta.std, resize=meta.resize
         )
+        self.backend = backend if backend is not None else TorchBackend(net, self.device)
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, device: str | None = None, temperature: float | None = None
+        cls,
+        path: str | os.PathLike,
+        device: str | None = None,
+        temperature: float | None = None,
+        backend: str = "auto",
     ) -> Classifier:
+        """Load a bundle, run folder or checkpoint.
+
+        Args:
+            backend: ``auto`` (ONNX Runtime where the bundle has a model.onnx and the device is
+                the CPU, else PyTorch), ``torch`` or ``onnx``.
+        """
         target = find_model(path)
+        if target.is_dir() and backend in ("auto", "onnx"):
+            onnx_path = target / "model.onnx"
+            on_cpu = (device or "cpu") == "cpu" or not torch.cuda.is_available()
+            if onnx_path.is_file() and (backend == "onnx" or on_cpu):
+                from carclf.export.runtime import OnnxBackend
+                from carclf.models.bundle import read_meta
+
+                meta = read_meta(target)
+                return cls(None, meta, "cpu", temperature, backend=OnnxBackend(onnx_path))
+            if backend == "onnx":
+                raise ModelError(f"{target}: no model.onnx; run: python -m carclf.export {target}")
         net, meta = load_checkpoint_net(target) if target.is_file() else load_bundle(target)
         return cls(net, meta, device=device, temperature=temperature)
 
@@ -144,10 +185,9 @@ class Classifier:
     def preprocess(self, image) -> torch.Tensor:
         return self.preset(self.decode(image))
 
-    @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Raw logits for a preprocessed batch (N, 3, H, W)."""
-        return self.net(batch.to(self.device)).float().cpu()
+        """Raw logits (CPU, float32) for a preprocessed batch (N, 3, H, W)."""
+        return self.backend(batch)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits / self.temperature, dim=1)
