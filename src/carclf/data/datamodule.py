@@ -170,3 +170,17 @@ class CarDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+    def tta_dataloader(self, policy, split: str = "test") -> DataLoader:
+        """Eval loader whose items are ``(list of view tensors, label, index)`` for a TTA policy.
+
+        ``policy`` is a name from ``carclf.data.tta.TTA_PRESETS``, None, or a preset instance;
+        names use this module's size, mean, std and resize. The index in each item is what keeps
+        TTA order-safe: merge per index, never by position in the loader.
+        """
+        from carclf.data.tta import tta_preset
+
+        preset = tta_preset(
+            policy, size=self.image_size, mean=self.mean, std=self.std, resize=self.resize
+        )
+        return self.loader(self.dataset(split, transform=preset))
