@@ -48,6 +48,7 @@ class CarNet(nn.Module):
         self.backbone = backbone
         self.head = ClassifierHead(backbone.num_features, num_classes, **(head or {}))
         self._chunks: list[Callable] | None = None
+        self.frozen_groups = 0
         self.group_param_names: list[list[str]] = self._chunk_groups() or self._timm_groups()
 
     def _chunk_groups(self) -> list[list[str]] | None:
@@ -105,8 +106,13 @@ class CarNet(nn.Module):
         return self.head(self.features_from(x, start))
 
     # -- freezing ---------------------------------------------------------------------------
-    def set_trainable_groups(self, n_top: int) -> None:
-        """Make the top ``n_top`` backbone groups (and the head) trainable, freeze the rest."""
+    def set_trainable_groups(self, n_top: int, frozen: int | None = None) -> None:
+        """Make the top ``n_top`` backbone groups (and the head) trainable, freeze the rest.
+
+        ``frozen`` (default: all groups below the top ``n_top``) is how many leading groups keep
+        BatchNorm in eval mode; it differs from ``num_groups - n_top`` only in the DDP-safe mode,
+        where every parameter keeps ``requires_grad`` and frozen groups get lr 0 instead.
+        """
         n_top = max(0, min(n_top, self.num_groups))
         for i in range(self.num_groups):
             trainable = i >= self.num_groups - n_top
@@ -114,6 +120,7 @@ class CarNet(nn.Module):
                 p.requires_grad_(trainable)
         for p in self.head.parameters():
             p.requires_grad_(True)
+        self.frozen_groups = self.num_groups - n_top if frozen is None else frozen
         self.train(self.training)
 
     @property
@@ -125,16 +132,16 @@ class CarNet(nn.Module):
         return self.num_groups
 
     def train(self, mode: bool = True) -> CarNet:
-        """As ``nn.Module.train``, but BatchNorm layers of frozen parts stay in eval mode.
+        """As ``nn.Module.train``, but BatchNorm layers of frozen groups stay in eval mode.
 
         A frozen layer must not drift: updating running statistics of a frozen BatchNorm changes
         the features the trained layers after it see (and would invalidate a feature cache).
         """
         super().train(mode)
         if mode:
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
-                    p.requires_grad for p in m.parameters(recurse=False)
-                ):
-                    m.eval()
+            for i in range(self.frozen_groups):
+                for owner in self.group_modules(i):
+                    for m in owner.modules():
+                        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                            m.eval()
         return self

@@ -1,0 +1,114 @@
+"""Structured configs: the schema behind conf/, registered in Hydra's ConfigStore.
+
+Every YAML file under conf/ is merged onto these dataclasses, so a misspelt key or a value of the
+wrong type fails when the run starts, with the full key in the message, not hours into a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from carclf.data.presets import AugmentConfig
+from carclf.models.head import HeadConfig
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING  # Kaggle layout, folder per class, CSV of path,label, or a zip of any
+    layout: str = "auto"  # auto | kaggle | folders | csv
+    class_map: str = "auto"  # auto | none | sfdl | path to classes.csv
+    image_size: int = 224  # starting size; stages may change it
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    num_workers: int = 2
+    val_fraction: float = 0.15
+    fold: int | None = None  # k-fold: use fold `fold` of `num_folds` as validation
+    num_folds: int = 5
+    resize: str = "squash"  # squash (whole car) | crop (shorter side + centre crop)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    check: bool = True  # run the data check first; unreadable files are skipped
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "auto"  # auto | offline | hub | none | path to a weights file
+    head: HeadConfig = field(default_factory=HeadConfig)
+    drop_path_rate: float = 0.0
+    label_smoothing: float = 0.1
+    class_weights: bool = False  # inverse-frequency loss weights
+    mixup: float = 0.0  # Beta(alpha, alpha) mixup, 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) cutmix, 0 = off
+    mix_prob: float = 0.5  # share of batches mixed when mixup/cutmix is on
+    ema_decay: float = 0.0  # EMA of weights, e.g. 0.999; 0 = off
+    layer_decay: float | None = None  # layer-wise LR decay per backbone group, e.g. 0.8
+    channels_last: bool = False
+
+
+@dataclass
+class StageConfig:
+    """One step of a recipe. Stages run in order inside one Trainer.fit."""
+
+    epochs: int = 1
+    unfreeze: float = 0.0  # fraction of backbone groups trained, counted from the top (1 = all)
+    trainable_groups: int | None = None  # exact number of top groups instead of a fraction
+    lr: float = 1e-3  # head learning rate
+    backbone_lr_scale: float = 0.1  # backbone lr = lr * this (times layer_decay^depth)
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"  # adamw | sgd
+    scheduler: str = "cosine"  # cosine | onecycle | plateau | constant
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.01
+    plateau_patience: int = 3
+    plateau_factor: float = 0.3
+    image_size: int | None = None  # None keeps the previous size
+    batch_size: int | None = None
+    augment_strength: float | None = None
+    cache: str = "auto"  # auto | on | off: compute the frozen prefix once (see FeatureCache)
+    cache_views: int = 4  # augmented views per image kept in the cache
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"  # bf16-mixed / 16-mixed on GPU
+    gradient_clip_val: float | None = None
+    accumulate_grad_batches: int = 1
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    limit_train_batches: float | None = None
+    limit_val_batches: float | None = None
+    enable_progress_bar: bool = True
+    early_stopping_patience: int | None = None
+    time_budget_min: float | None = (
+        None  # stop training after this many minutes (Lightning max_time)
+    )
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+    recipe: str = "custom"
+    seed: int = 42
+    resume: str | None = None  # a run dir to continue (kill -9 safe)
+    bundle_fp16: bool = False  # store the bundle's weights in fp16 (half the size)
+    fit_temperature: bool = True  # temperature scaling on the validation split
+    max_cache_mb: int = 2048  # feature caches above this spill to disk in the run dir
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+
+
+register_configs()

@@ -1,0 +1,133 @@
+"""CarClassifier: the LightningModule around :class:`CarNet`.
+
+It owns the loss, mixing augmentations and metrics. It does not own the optimizer schedule: which
+parameters train and at what learning rate is decided per stage by
+:class:`carclf.train.callbacks.StagedFinetuning`, which installs ``optimizer_factory``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from carclf.models.bundle import BundleMeta
+from carclf.models.factory import build_net
+
+
+class CarClassifier(pl.LightningModule):
+    def __init__(
+        self,
+        meta: dict,
+        weights: str = "auto",
+        drop_path_rate: float = 0.0,
+        label_smoothing: float = 0.1,
+        class_weights: list[float] | None = None,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        mix_prob: float = 0.5,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.meta = BundleMeta.from_dict(meta)
+        self.net = build_net(
+            self.meta.backbone,
+            self.meta.num_classes,
+            weights,
+            self.meta.head,
+            drop_path_rate=drop_path_rate,
+        )
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.register_buffer(
+            "class_weights",
+            torch.tensor(class_weights, dtype=torch.float32) if class_weights else None,
+            persistent=False,
+        )
+        # Set by the stage callback: where batches enter the network (0 = images; k = cached
+        # output of the first k backbone groups) and how to build the optimizer of the stage.
+        self.input_start = 0
+        self.optimizer_factory: Callable[[CarClassifier], dict] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x, start=self.input_start)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits, target, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing
+        )
+
+    def _mix(self, x: torch.Tensor, y: torch.Tensor):
+        """Mixup or CutMix on a share of batches; returns (x, y, y_other, lam)."""
+        hp = self.hparams
+        if (hp.mixup <= 0 and hp.cutmix <= 0) or np.random.rand() >= hp.mix_prob:
+            return x, y, y, 1.0
+        perm = torch.randperm(x.size(0), device=x.device)
+        use_cutmix = hp.cutmix > 0 and (hp.mixup <= 0 or np.random.rand() < 0.5)
+        alpha = hp.cutmix if use_cutmix else hp.mixup
+        lam = float(np.random.beta(alpha, alpha))
+        if use_cutmix and x.ndim == 4:
+            h, w = x.shape[-2:]
+            rh, rw = int(h * np.sqrt(1 - lam)), int(w * np.sqrt(1 - lam))
+            cy, cx = np.random.randint(h), np.random.randint(w)
+            y0, y1 = max(cy - rh // 2, 0), min(cy + rh // 2, h)
+            x0, x1 = max(cx - rw // 2, 0), min(cx + rw // 2, w)
+            x = x.clone()
+            x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+            lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+        else:
+            x = lam * x + (1 - lam) * x[perm]
+        return x, y, y[perm], lam
+
+    def training_step(self, batch, batch_idx):
+        if batch is None:  # every image of the batch was unreadable
+            return None
+        x, y, _ = batch
+        x, y_a, y_b, lam = self._mix(x, y)
+        logits = self(x)
+        loss = (
+            lam * self.loss(logits, y_a) + (1 - lam) * self.loss(logits, y_b)
+            if lam < 1
+            else self.loss(logits, y_a)
+        )
+        acc = (logits.argmax(1) == y_a).float().mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/acc", acc, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        if batch is None:
+            return None
+        x, y, _ = batch
+        logits = self(x)
+        self.log(
+            "val/loss",
+            F.cross_entropy(logits, y),
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+            sync_dist=True,
+        )
+        self.log(
+            "val/acc",
+            (logits.argmax(1) == y).float().mean(),
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+            sync_dist=True,
+        )
+
+    def predict_step(self, batch, batch_idx):
+        x, _, idx = batch
+        return self(x), idx
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is not None:
+            return self.optimizer_factory(self)
+        return torch.optim.AdamW((p for p in self.parameters() if p.requires_grad), lr=1e-3)

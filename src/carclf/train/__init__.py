@@ -1,0 +1,1 @@
+"""Training: stages, the stage-scheduling callback, the feature cache, checkpoints, the run."""

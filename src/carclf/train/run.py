@@ -1,0 +1,282 @@
+"""``train(cfg)``: one training run, from a composed config to a bundle. ``train.py`` is a shell.
+
+The run dir (Hydra's output dir) receives: ``config.yaml`` (resolved), ``data_check.json``,
+``checkpoints/{best,last}.ckpt``, TensorBoard and CSV logs under ``logs/``, ``curves.png``,
+``metrics.json`` and ``bundle/`` (the shareable model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import timm
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from carclf.data.check import check_index
+from carclf.data.datamodule import CarDataModule
+from carclf.data.layouts import read_dataset
+from carclf.errors import CarclfError
+from carclf.models.bundle import BundleMeta, save_bundle
+from carclf.models.module import CarClassifier
+from carclf.train.callbacks import StagedFinetuning
+from carclf.train.checkpoint import AtomicCheckpointIO
+from carclf.train.ema import EMA
+from carclf.train.plots import plot_curves
+from carclf.train.stages import resolve_stages, total_epochs
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+
+
+def resume_config(run_dir: str | Path) -> tuple[DictConfig, Path]:
+    """The saved config and last checkpoint of a run to continue."""
+    run_dir = Path(run_dir).expanduser()
+    cfg_path, ckpt = run_dir / CONFIG_FILE, run_dir / "checkpoints" / "last.ckpt"
+    if not cfg_path.is_file():
+        raise CarclfError(f"resume={run_dir}: no {CONFIG_FILE} there; is it a carclf run dir?")
+    if not ckpt.is_file():
+        raise CarclfError(
+            f"resume={run_dir}: no checkpoints/last.ckpt yet (the run stopped before its first epoch ended); start it again instead"
+        )
+    cfg = OmegaConf.load(cfg_path)
+    cfg.resume = str(run_dir)
+    return cfg, ckpt
+
+
+def normalization(backbone: str) -> tuple[list[float], list[float]]:
+    """Mean and std the backbone's pretrained weights expect (timm's pretrained config)."""
+    try:
+        pc = timm.models.get_pretrained_cfg(backbone)
+    except Exception:
+        pc = None
+    mean = getattr(pc, "mean", None) or timm.data.IMAGENET_DEFAULT_MEAN
+    std = getattr(pc, "std", None) or timm.data.IMAGENET_DEFAULT_STD
+    return list(mean), list(std)
+
+
+def run_data_check(index, run_dir: Path, enabled: bool) -> list[str]:
+    if not enabled:
+        return []
+    report = check_index(index)
+    (run_dir / "data_check.json").write_text(
+        json.dumps(report.to_dict(), indent=1, ensure_ascii=False)
+    )
+    print(report.summary(), flush=True)
+    return report.bad_paths
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, max_epochs: int) -> pl.Trainer:
+    t = cfg.trainer
+    limits = {k: t[k] for k in ("limit_train_batches", "limit_val_batches") if t[k] is not None}
+    return pl.Trainer(
+        default_root_dir=str(run_dir),
+        max_epochs=max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar,
+        reload_dataloaders_every_n_epochs=1,
+        num_sanity_val_steps=0,
+        max_time={"minutes": t.time_budget_min} if t.time_budget_min else None,
+        logger=[
+            TensorBoardLogger(str(run_dir), name="logs", version="tensorboard"),
+            CSVLogger(str(run_dir), name="logs", version="csv"),
+        ],
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        **limits,
+    )
+
+
+def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) -> dict:
+    """Train ``cfg`` into ``run_dir`` (or continue the run ``cfg.resume``); returns the metrics.
+
+    ``callbacks`` are extra Lightning callbacks (e.g. for monitoring), added after carclf's own.
+    """
+    ckpt_path = None
+    if cfg.get("resume"):
+        cfg, ckpt_path = resume_config(cfg.resume)
+        run_dir = Path(cfg.resume)
+        log.info("resuming %s from %s", run_dir, ckpt_path)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if ckpt_path is None:
+        (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+
+    d, m = cfg.data, cfg.model
+    index = read_dataset(d.path, layout=d.layout, class_map=d.class_map)
+    bad = run_data_check(index, run_dir, d.check)
+    mean, std = normalization(m.backbone)
+    dm = CarDataModule(
+        index=index,
+        image_size=d.image_size,
+        batch_size=d.batch_size,
+        eval_batch_size=d.eval_batch_size,
+        num_workers=d.num_workers,
+        val_fraction=d.val_fraction,
+        fold=d.fold,
+        num_folds=d.num_folds,
+        seed=cfg.seed,
+        mean=mean,
+        std=std,
+        resize=d.resize,
+        augment=OmegaConf.to_container(d.augment),
+        bad_files=bad,
+    )
+    meta = BundleMeta(
+        backbone=m.backbone,
+        class_names=index.class_names,
+        class_names_local=index.class_names_local,
+        label_values=index.label_values,
+        image_size=d.image_size,
+        mean=mean,
+        std=std,
+        resize=d.resize,
+        head=OmegaConf.to_container(m.head),
+        extra={"recipe": cfg.recipe, "dataset": str(index.root)},
+    )
+    module = CarClassifier(
+        asdict(meta),
+        weights=m.weights,
+        drop_path_rate=m.drop_path_rate,
+        label_smoothing=m.label_smoothing,
+        class_weights=dm.class_weights().tolist() if m.class_weights else None,
+        mixup=m.mixup,
+        cutmix=m.cutmix,
+        mix_prob=m.mix_prob,
+        channels_last=m.channels_last,
+    )
+    stages = resolve_stages(
+        cfg.stages, module.net.num_groups, d.image_size, d.batch_size, d.augment.strength
+    )
+    staged = StagedFinetuning(
+        stages,
+        layer_decay=m.layer_decay,
+        max_cache_mb=cfg.max_cache_mb,
+        cache_dir=run_dir / "cache",
+        num_workers=d.num_workers,
+    )
+    has_val = len(dm.val_idx) > 0
+    ckpt_cb = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="best",
+        monitor="val/acc" if has_val else None,
+        mode="max",
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    ema = EMA(m.ema_decay) if m.ema_decay > 0 else None
+    own = [staged, ckpt_cb, LearningRateMonitor(logging_interval="epoch")] + ([ema] if ema else [])
+    if cfg.trainer.early_stopping_patience and has_val:
+        own.append(
+            EarlyStopping(
+                monitor="val/acc", mode="max", patience=cfg.trainer.early_stopping_patience
+            )
+        )
+    trainer = build_trainer(cfg, run_dir, own + list(callbacks), total_epochs(stages))
+
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    train_seconds = time.perf_counter() - t0
+    if trainer.interrupted:
+        raise CarclfError(
+            f"training interrupted; continue it with: python train.py resume={run_dir}"
+        )
+    if not trainer.is_global_zero:
+        return {}
+    return finish(cfg, run_dir, module, dm, stages, staged, ckpt_cb, ema, meta, train_seconds)
+
+
+def finish(
+    cfg,
+    run_dir: Path,
+    module,
+    dm,
+    stages,
+    staged,
+    ckpt_cb,
+    ema,
+    meta: BundleMeta,
+    train_seconds: float,
+) -> dict:
+    """Best weights -> temperature -> bundle, curves and metrics.json."""
+    best = ckpt_cb.best_model_path
+    if best and Path(best).is_file():
+        state = torch.load(best, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["state_dict"])
+        shadow = state.get("callbacks", {}).get("EMA", {}).get("shadow")
+        if shadow:
+            module.net.load_state_dict({k: v.cpu() for k, v in shadow.items()}, strict=False)
+    elif ema is not None and ema.shadow is not None:
+        module.net.load_state_dict(ema.shadow, strict=False)
+    net = module.net.cpu().eval()
+    module.input_start = 0
+    meta.image_size = stages[-1].image_size
+    dm.image_size = meta.image_size
+    metrics = {
+        "recipe": cfg.recipe,
+        "train_seconds": round(train_seconds, 1),
+        "epochs": stages[-1].end_epoch,
+    }
+    metrics["cache_seconds"] = {k: round(v, 1) for k, v in staged.cache_seconds.items()}
+    if len(dm.val_idx):
+        logits, labels = predict_split(net, dm, "val")
+        metrics["val_acc"] = float((logits.argmax(1) == labels).mean())
+        metrics["val_loss"] = float(
+            torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
+        )
+        if cfg.fit_temperature:
+            from carclf.evaluate.calibration import fit_temperature
+
+            meta.temperature = float(fit_temperature(logits, labels))
+            metrics["temperature"] = meta.temperature
+    meta.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    save_bundle(net, meta, run_dir / "bundle", fp16=cfg.bundle_fp16)
+    csv = run_dir / "logs" / "csv" / "metrics.csv"
+    if csv.is_file():
+        plot_curves(csv, stages, run_dir / "curves.png")
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        metrics["overrides"] = list(HydraConfig.get().overrides.task)
+    except Exception:
+        pass
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    log.info("run finished: %s", {k: v for k, v in metrics.items() if k != "overrides"})
+    print(
+        f"bundle: {run_dir / 'bundle'}  val_acc: {metrics.get('val_acc', float('nan')):.4f}  train time: {train_seconds:.0f} s",
+        flush=True,
+    )
+    return metrics
+
+
+@torch.inference_mode()
+def predict_split(net, dm: CarDataModule, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of a split through the full network at the eval preset."""
+    logits, labels = [], []
+    for batch in dm.loader(dm.dataset(split, transform=dm.eval_preset())):
+        if batch is None:
+            continue
+        x, y, _ = batch
+        logits.append(net(x).float().numpy())
+        labels.append(y.numpy())
+    return np.concatenate(logits), np.concatenate(labels)

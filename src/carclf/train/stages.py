@@ -1,0 +1,135 @@
+"""Stages as data: what trains, how fast, at what resolution, for how many epochs.
+
+Pure Python on purpose: :class:`StagedFinetuning` is the only code that *applies* a stage; this
+module only resolves recipe configs into a checked list, so a bad recipe fails before any model
+is built, naming the stage and key at fault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from carclf.errors import CarclfError
+
+OPTIMIZER_NAMES = ("adamw", "sgd")
+SCHEDULER_NAMES = ("cosine", "onecycle", "plateau", "constant")
+CACHE_MODES = ("auto", "on", "off")
+
+
+class StageError(CarclfError, ValueError):
+    """A recipe's stage list is invalid; the message names the stage and key."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    index: int
+    start_epoch: int
+    epochs: int
+    trainable_groups: int
+    lr: float
+    backbone_lr_scale: float
+    weight_decay: float
+    optimizer: str
+    scheduler: str
+    warmup_epochs: float
+    min_lr_ratio: float
+    plateau_patience: int
+    plateau_factor: float
+    image_size: int
+    batch_size: int
+    augment_strength: float
+    cache: str
+    cache_views: int
+
+    @property
+    def end_epoch(self) -> int:
+        return self.start_epoch + self.epochs
+
+    def cut(self, num_groups: int) -> int:
+        """Number of leading (frozen) backbone groups."""
+        return num_groups - self.trainable_groups
+
+
+def _get(cfg: Any, key: str, default=None):
+    return cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
+
+
+def resolve_stages(
+    configs, num_groups: int, image_size: int, batch_size: int, augment_strength: float
+) -> list[Stage]:
+    """Turn ``{name: StageConfig}`` (in recipe order) into checked :class:`Stage` objects.
+
+    ``image_size``, ``batch_size`` and ``augment_strength`` carry over from the previous stage
+    (the data config for the first) where a stage leaves them unset.
+    """
+    items = list(configs.items())
+    if not items:
+        raise StageError("the recipe has no stages: set experiment=<recipe> or add stages.<name>")
+    stages, epoch = [], 0
+    for i, (name, c) in enumerate(items):
+        where = f"stages.{name}"
+        epochs = int(_get(c, "epochs", 1))
+        if epochs < 1:
+            raise StageError(f"{where}.epochs must be >= 1, got {epochs}")
+        unfreeze = float(_get(c, "unfreeze", 0.0))
+        groups = _get(c, "trainable_groups")
+        if groups is None:
+            if not 0.0 <= unfreeze <= 1.0:
+                raise StageError(f"{where}.unfreeze must be a fraction in [0, 1], got {unfreeze}")
+            groups = round(unfreeze * num_groups)
+        elif not 0 <= int(groups) <= num_groups:
+            raise StageError(f"{where}.trainable_groups must be in 0..{num_groups}, got {groups}")
+        for key, allowed in (
+            ("optimizer", OPTIMIZER_NAMES),
+            ("scheduler", SCHEDULER_NAMES),
+            ("cache", CACHE_MODES),
+        ):
+            value = _get(c, key)
+            if value is not None and value not in allowed:
+                raise StageError(f"{where}.{key}={value!r}: choose one of {', '.join(allowed)}")
+        lr = float(_get(c, "lr", 1e-3))
+        if lr <= 0:
+            raise StageError(f"{where}.lr must be > 0, got {lr}")
+        image_size = int(_get(c, "image_size") or image_size)
+        batch_size = int(_get(c, "batch_size") or batch_size)
+        strength = _get(c, "augment_strength")
+        augment_strength = float(augment_strength if strength is None else strength)
+        stages.append(
+            Stage(
+                name=name,
+                index=i,
+                start_epoch=epoch,
+                epochs=epochs,
+                trainable_groups=int(groups),
+                lr=lr,
+                backbone_lr_scale=float(_get(c, "backbone_lr_scale", 0.1)),
+                weight_decay=float(_get(c, "weight_decay", 0.01)),
+                optimizer=_get(c, "optimizer", "adamw"),
+                scheduler=_get(c, "scheduler", "cosine"),
+                warmup_epochs=float(_get(c, "warmup_epochs", 0.0)),
+                min_lr_ratio=float(_get(c, "min_lr_ratio", 0.01)),
+                plateau_patience=int(_get(c, "plateau_patience", 3)),
+                plateau_factor=float(_get(c, "plateau_factor", 0.3)),
+                image_size=image_size,
+                batch_size=batch_size,
+                augment_strength=augment_strength,
+                cache=_get(c, "cache", "auto"),
+                cache_views=max(1, int(_get(c, "cache_views", 4))),
+            )
+        )
+        epoch += epochs
+    return stages
+
+
+def stage_at(stages: list[Stage], epoch: int) -> int:
+    """Index of the stage that epoch ``epoch`` belongs to (the last one past the end)."""
+    for s in stages:
+        if epoch < s.end_epoch:
+            return s.index
+    return stages[-1].index
+
+
+def total_epochs(stages: list[Stage]) -> int:
+    return stages[-1].end_epoch

@@ -1,0 +1,156 @@
+"""The stage callback inside one Trainer.fit: what trains, LR, image size, cache, per stage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import ROOT, TINY
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import carclf.config  # noqa: F401  (registers the schema)
+from carclf.train.run import train
+from carclf.train.stages import StageError, resolve_stages
+
+
+def compose_train(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+class Spy(pl.Callback):
+    """Records, at every training batch, the state the stage callback put in place."""
+
+    def __init__(self):
+        self.epochs = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch in self.epochs:
+            return
+        net = pl_module.net
+        opt = trainer.optimizers[0]
+        self.epochs[trainer.current_epoch] = {
+            "trainable_groups": [
+                i
+                for i in range(net.num_groups)
+                if any(p.requires_grad for p in net.group_params(i))
+            ],
+            "image_size": trainer.datamodule.image_size,
+            "batch": int(batch[0].shape[0]),
+            "input_shape": tuple(batch[0].shape[1:]),
+            "input_start": pl_module.input_start,
+            "lrs": {g["name"]: g["lr"] for g in opt.param_groups},
+            "n_opt_params": sum(len(g["params"]) for g in opt.param_groups),
+            "bn1_training": net.backbone.bn1.training,
+        }
+
+
+def test_stage_transitions(synthetic, tmp_path):
+    cfg = compose_train(
+        [
+            f"data.path={synthetic}",
+            *TINY,
+            "+stage@stages.full=full",
+            "stages.head.epochs=1",
+            "stages.head.cache=on",
+            "stages.top.epochs=2",
+            "stages.top.lr=0.01",
+            "stages.top.cache=on",
+            "stages.top.scheduler=constant",
+            "stages.full.epochs=1",
+            "stages.full.image_size=80",
+            "stages.full.batch_size=4",
+            "stages.full.cache=off",
+            "fit_temperature=false",
+        ]
+    )
+    assert list(cfg.stages) == ["head", "top", "full"]
+    spy = Spy()
+    metrics = train(cfg, tmp_path / "run", callbacks=[spy])
+    e = spy.epochs
+    assert sorted(e) == [0, 1, 2, 3]
+    # head: nothing in the backbone trains; batches are cached features after group 6 (the
+    # cache is shared with the next stage, which trains groups 7 and 8)
+    assert (
+        e[0]["trainable_groups"] == []
+        and e[0]["input_start"] == 7
+        and e[0]["input_shape"][0] == 192
+    )
+    assert set(e[0]["lrs"]) == {"head", "head.no_decay"}
+    # top: the last two groups train at lr * backbone_lr_scale, on the same cache
+    assert e[1]["trainable_groups"] == [7, 8] and e[1]["input_start"] == 7
+    assert e[1]["lrs"]["head"] == pytest.approx(0.01) and e[1]["lrs"][
+        "backbone.8"
+    ] == pytest.approx(0.01 * 0.5)
+    assert e[2] == e[1]
+    # full: everything trains, on images at the new size and batch size
+    assert e[3]["trainable_groups"] == list(range(9)) and e[3]["input_start"] == 0
+    assert e[3]["image_size"] == 80 and e[3]["input_shape"] == (3, 80, 80) and e[3]["batch"] == 4
+    assert e[3]["bn1_training"] and not e[0]["bn1_training"]
+    run = tmp_path / "run"
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 4
+    assert (run / "curves.png").stat().st_size > 1000
+    assert (run / "bundle" / "meta.json").is_file() and (
+        run / "checkpoints" / "last.ckpt"
+    ).is_file()
+    meta = json.loads((run / "bundle" / "meta.json").read_text())
+    assert meta["image_size"] == 80 and meta["class_names"][0].startswith("synthetic")
+    assert metrics["cache_seconds"]  # the cache was used
+    assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_cache_matches_uncached_forward(synthetic):
+    """A cached stage sees exactly the features the uncached network computes (eval view)."""
+    from carclf.data.datamodule import CarDataModule
+    from carclf.models import build_net
+    from carclf.train.feature_cache import CacheKey, FeatureCache, prefix_fingerprint
+
+    dm = CarDataModule(synthetic, image_size=64, num_workers=0)
+    net = build_net("tf_efficientnet_lite0", dm.num_classes, weights="offline").eval()
+    ds = dm.dataset("val", transform=dm.eval_preset())
+    key = CacheKey("val", 6, 64, 1, 1.0, len(ds), prefix_fingerprint(net, 6))
+    cache = FeatureCache.build(
+        key, net, [ds], dm.rows("val")["label"].to_numpy(), batch_size=4, num_workers=0
+    )
+    x, y, idx = next(iter(cache.loader(batch_size=len(ds), shuffle=False)))
+    images = torch.stack([ds[i][0] for i in idx.tolist()])
+    with torch.inference_mode():
+        assert torch.allclose(net(x, start=6), net(images), atol=2e-2)
+    net.backbone.blocks[2][0].conv_pw.weight.data.mul_(1.01)
+    assert prefix_fingerprint(net, 6) != key.fingerprint  # a changed prefix invalidates the cache
+    assert prefix_fingerprint(net, 2) == prefix_fingerprint(
+        build_net("tf_efficientnet_lite0", 3, weights="offline"), 2
+    )
+
+
+def test_bad_recipes_fail_early():
+    with pytest.raises(StageError, match="no stages"):
+        resolve_stages({}, 9, 224, 32, 1.0)
+    with pytest.raises(StageError, match=r"stages.a.unfreeze"):
+        resolve_stages({"a": {"unfreeze": 2.0}}, 9, 224, 32, 1.0)
+    with pytest.raises(StageError, match=r"stages.b.scheduler='cosin'"):
+        resolve_stages({"a": {}, "b": {"scheduler": "cosin"}}, 9, 224, 32, 1.0)
+    s = resolve_stages(
+        {"a": {"epochs": 2, "unfreeze": 0.5}, "b": {"image_size": 448, "unfreeze": 1.0}},
+        9,
+        224,
+        32,
+        1.0,
+    )
+    assert [(x.start_epoch, x.trainable_groups, x.image_size) for x in s] == [
+        (0, 4, 224),
+        (2, 9, 448),
+    ]
+
+
+def test_every_recipe_composes():
+    for exp in sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")):
+        cfg = compose_train([f"experiment={exp}", "data.path=x"])
+        assert cfg.stages, exp
+        stages = resolve_stages(
+            OmegaConf.to_container(cfg.stages), 9, cfg.data.image_size, cfg.data.batch_size, 1.0
+        )
+        assert stages[-1].end_epoch >= 2, exp
