@@ -4,6 +4,9 @@
 and needs neither Hydra nor any training code path. ``predict`` takes paths, PIL images, bytes or
 RGB arrays and returns, per image, the top-k classes with names and probabilities. An image that
 cannot be decoded gets a result with ``error`` set instead of stopping the batch.
+
+``tta=`` (a policy name from :mod:`carclf.data.tta`, or a preset) runs every view of each image and
+merges the answers; the backend only ever sees plain (N, 3, H, W) batches, one per view.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from carclf.data.classmaps import display_name
 from carclf.data.images import MAX_PIXELS, load_rgb
 from carclf.data.presets import EvalPreset
+from carclf.data.tta import TTAPreset, merge_views, tta_preset
 from carclf.errors import ImageDecodeError, ModelError
 from carclf.models.bundle import BundleMeta, is_bundle, load_bundle
 from carclf.models.network import CarNet
@@ -105,7 +109,8 @@ class Classifier:
     """A trained car classifier with its preprocessing contract.
 
     ``backend`` turns a preprocessed batch into logits: PyTorch by default, ONNX Runtime when the
-    bundle holds an exported ``model.onnx`` (see :mod:`carclf.export`).
+    bundle holds an exported ``model.onnx`` (see :mod:`carclf.export`). ``tta`` is the default
+    test-time augmentation policy (None: the eval view only); ``predict`` may override it.
     """
 
     def __init__(
@@ -115,6 +120,7 @@ class Classifier:
         device: str | torch.device | None = None,
         temperature: float | None = None,
         backend=None,
+        tta: str | TTAPreset | None = None,
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = net
@@ -124,6 +130,7 @@ class Classifier:
             size=meta.image_size, mean=meta.mean, std=meta.std, resize=meta.resize
         )
         self.backend = backend if backend is not None else TorchBackend(net, self.device)
+        self.tta = self.tta_preset(tta)
 
     @classmethod
     def load(
@@ -132,12 +139,15 @@ class Classifier:
         device: str | None = None,
         temperature: float | None = None,
         backend: str = "auto",
+        tta: str | TTAPreset | None = None,
     ) -> Classifier:
         """Load a bundle, run folder or checkpoint.
 
         Args:
             backend: ``auto`` (ONNX Runtime where the bundle has a model.onnx and the device is
                 the CPU, else PyTorch), ``torch`` or ``onnx``.
+            tta: default test-time augmentation: a name in ``carclf.data.tta.TTA_PRESETS``
+                (``none``, ``hflip``, ``multiscale``, ...), a preset, or None.
         """
         target = find_model(path)
         if target.is_dir() and backend in ("auto", "onnx"):
@@ -148,11 +158,11 @@ class Classifier:
                 from carclf.models.bundle import read_meta
 
                 meta = read_meta(target)
-                return cls(None, meta, "cpu", temperature, backend=OnnxBackend(onnx_path))
+                return cls(None, meta, "cpu", temperature, backend=OnnxBackend(onnx_path), tta=tta)
             if backend == "onnx":
                 raise ModelError(f"{target}: no model.onnx; run: python -m carclf.export {target}")
         net, meta = load_checkpoint_net(target) if target.is_file() else load_bundle(target)
-        return cls(net, meta, device=device, temperature=temperature)
+        return cls(net, meta, device=device, temperature=temperature, tta=tta)
 
     # -- facts ------------------------------------------------------------------------------
     @property
@@ -182,6 +192,11 @@ class Classifier:
             return np.asarray(_to_rgb(image))
         return load_rgb(image, max_pixels=MAX_PIXELS)
 
+    def tta_preset(self, policy: str | TTAPreset | None) -> TTAPreset:
+        """A TTA preset built on this model's preprocessing contract (size, mean, std, resize)."""
+        m = self.meta
+        return tta_preset(policy, size=m.image_size, mean=m.mean, std=m.std, resize=m.resize)
+
     def preprocess(self, image) -> torch.Tensor:
         return self.preset(self.decode(image))
 
@@ -189,8 +204,18 @@ class Classifier:
         """Raw logits (CPU, float32) for a preprocessed batch (N, 3, H, W)."""
         return self.backend(batch)
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits / self.temperature, dim=1)
+    def view_logits(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(N, V, K) logits for V batches of views of the same N images (one backend call each)."""
+        return torch.stack([self.logits(v) for v in views], dim=1)
+
+    def probabilities(self, logits: torch.Tensor, merge: str | None = None) -> torch.Tensor:
+        """Temperature-scaled probabilities (N, K) from logits (N, K) or per-view logits (N, V, K).
+
+        Views are merged by ``merge`` (``logits`` or ``probs``; default: this TTA policy's rule).
+        """
+        if logits.ndim == 2:
+            return torch.softmax(logits / self.temperature, dim=1)
+        return merge_views(logits, self.temperature, merge or self.tta.merge)
 
     def scores(self, probs: np.ndarray, top_k: int) -> list[ClassScore]:
         local = self.meta.class_names_local or [None] * self.num_classes
@@ -208,15 +233,22 @@ class Classifier:
         ]
 
     def predict(
-        self, images: Iterable | object, top_k: int = 5, batch_size: int = 32
+        self,
+        images: Iterable | object,
+        top_k: int = 5,
+        batch_size: int = 32,
+        tta: str | TTAPreset | None = None,
     ) -> list[Prediction]:
-        """Top-k classes for each image; a single image (not a list) is accepted too."""
+        """Top-k classes for each image; a single image (not a list) is accepted too.
+
+        ``tta`` overrides the classifier's default TTA policy for this call.
+        """
         if isinstance(images, (str, os.PathLike, bytes, bytearray, np.ndarray)) or hasattr(
             images, "convert"
         ):
             images = [images]
         images = list(images)
-        probs, errors = self._probabilities(images, batch_size)
+        probs, errors = self._probabilities(images, batch_size, tta)
         return [
             Prediction(_source(image), error=errors[i])
             if i in errors
@@ -224,23 +256,30 @@ class Classifier:
             for i, image in enumerate(images)
         ]
 
-    def predict_proba(self, images: Sequence, batch_size: int = 32) -> np.ndarray:
+    def predict_proba(
+        self, images: Sequence, batch_size: int = 32, tta: str | TTAPreset | None = None
+    ) -> np.ndarray:
         """(N, K) probabilities; rows of undecodable images are NaN."""
-        return self._probabilities(list(images), batch_size)[0]
+        return self._probabilities(list(images), batch_size, tta)[0]
 
-    def _probabilities(self, images: list, batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
+    def _probabilities(
+        self, images: list, batch_size: int, tta: str | TTAPreset | None = None
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        preset = self.tta if tta is None else self.tta_preset(tta)
         out = np.full((len(images), self.num_classes), np.nan, dtype=np.float32)
         errors: dict[int, str] = {}
         for start in range(0, len(images), batch_size):
-            tensors, slots = [], []
+            views, slots = [], []
             for j, image in enumerate(images[start : start + batch_size], start):
                 try:
-                    tensors.append(self.preprocess(image))
+                    views.append(preset(self.decode(image)))
                     slots.append(j)
                 except ImageDecodeError as e:
                     errors[j] = e.reason
-            if tensors:
-                out[slots] = self.probabilities(self.logits(torch.stack(tensors))).numpy()
+            if views:
+                batches = [torch.stack(v) for v in zip(*views, strict=True)]
+                logits = self.view_logits(batches)
+                out[slots] = merge_views(logits, self.temperature, preset.merge).numpy()
         return out, errors
 
 
