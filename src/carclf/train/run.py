@@ -180,12 +180,21 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
         filename="best",
         monitor="val/acc" if has_val else None,
         mode="max",
-        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    # Lightning's save_last only writes when a top-k checkpoint is written; resume needs one every
+    # epoch, so "last" is its own unmonitored checkpoint, overwritten (atomically) each epoch.
+    last_cb = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="last",
         save_top_k=1,
         enable_version_counter=False,
     )
     ema = EMA(m.ema_decay) if m.ema_decay > 0 else None
-    own = [staged, ckpt_cb, LearningRateMonitor(logging_interval="epoch")] + ([ema] if ema else [])
+    own = [staged, ckpt_cb, last_cb, LearningRateMonitor(logging_interval="epoch")] + (
+        [ema] if ema else []
+    )
     if cfg.trainer.early_stopping_patience and has_val:
         own.append(
             EarlyStopping(
