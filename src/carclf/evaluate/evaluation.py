@@ -58,6 +58,14 @@ class Evaluation:
     def ece_scaled(self) -> float:
         return self.bins_scaled.ece
 
+    def top_confusions(self, n: int = 10) -> list[tuple[int, int, int]]:
+        """The ``n`` most frequent (true, predicted, count) mistakes, most frequent first."""
+        off = self.confusion.copy()
+        np.fill_diagonal(off, 0)
+        order = np.argsort(-off, axis=None, kind="stable")[:n]
+        pairs = [np.unravel_index(i, off.shape) for i in order]
+        return [(int(t), int(p), int(off[t, p])) for t, p in pairs if off[t, p] > 0]
+
     def to_dict(self) -> dict:
         local = self.class_names_local or [None] * len(self.class_names)
         return {

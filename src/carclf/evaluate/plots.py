@@ -37,32 +37,33 @@ def _clip(text: str, width: int = 44) -> str:
 
 
 def confusion_png(cm: np.ndarray, names: Sequence[str]) -> bytes:
-    """Rows = true class, columns = predicted; colour = share of the row (recall on the diagonal),
-    numbers = counts (for up to 30 classes; beyond that they would not be legible)."""
+    """Rows = true class, columns = predicted; colour = share of the row (recall on the diagonal).
+
+    Up to 20 classes, both axes carry names and cells their counts; beyond that the columns are
+    numbered (the rows say which number is which) so 50 classes still fit a page legibly.
+    """
     k = len(names)
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
-    side = min(max(6.0, 0.3 * k + 3.0), 24.0)
-    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    few = k <= 20
+    cell = 0.45 if few else 0.19
+    side = max(4.0, cell * k)
+    fig, ax = plt.subplots(figsize=(side + 3.5, side + (3.0 if few else 1.0)))
     im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="share of the true class")
-    font = 9 if k <= 15 else (7 if k <= 30 else 6)
-    ticks = [_clip(f"{i}: {n}") for i, n in enumerate(names)]
-    ax.set_xticks(range(k), ticks, rotation=90, fontsize=font)
-    ax.set_yticks(range(k), ticks, fontsize=font)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    if k <= 30:
+    fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02, label="share of the true class")
+    font = 9 if few else 7
+    ax.set_yticks(range(k), [_clip(f"{i}: {n}") for i, n in enumerate(names)], fontsize=font)
+    if few:
+        ax.set_xticks(range(k), [_clip(f"{i}: {n}") for i, n in enumerate(names)], rotation=90)
+        ax.tick_params(axis="x", labelsize=font)
         for i, j in zip(*np.nonzero(cm), strict=True):
-            ax.text(
-                j,
-                i,
-                str(cm[i, j]),
-                ha="center",
-                va="center",
-                fontsize=font,
-                color="white" if share[i, j] > 0.5 else "black",
-            )
+            white = share[i, j] > 0.5
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=font,
+                    color="white" if white else "black")  # fmt: skip
+    else:
+        ax.set_xticks(range(k), [str(i) for i in range(k)], rotation=90, fontsize=font - 1)
+    ax.set_xlabel("predicted class" + ("" if few else " (number as in the rows)"))
+    ax.set_ylabel("true class")
     ax.set_title(f"Confusion matrix ({int(cm.sum())} images, {k} classes)")
     return _png(fig)
 
@@ -108,13 +109,16 @@ class GalleryItem:
     confidence: float
 
 
-def _thumbnail(path: str, size: int = 200) -> np.ndarray:
+def _thumbnail(path: str, box: tuple[int, int] = (240, 180)) -> np.ndarray:
+    """The photo fitted into a fixed white box, so every tile of the gallery lines up."""
+    canvas = Image.new("RGB", box, (255, 255, 255))
     try:
         img = Image.fromarray(load_rgb(path))
     except ImageDecodeError:
-        return np.full((size, size, 3), 200, dtype=np.uint8)
-    img.thumbnail((size, size))
-    return np.asarray(img)
+        return np.asarray(Image.new("RGB", box, (200, 200, 200)))
+    img.thumbnail(box)
+    canvas.paste(img, ((box[0] - img.width) // 2, (box[1] - img.height) // 2))
+    return np.asarray(canvas)
 
 
 def gallery_png(items: Sequence[GalleryItem], columns: int = 4) -> bytes:
@@ -126,18 +130,15 @@ def gallery_png(items: Sequence[GalleryItem], columns: int = 4) -> bytes:
         return _png(fig)
     cols = min(columns, len(items))
     rows = -(-len(items) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, item in zip(axes.flat, items, strict=False):
         ax.imshow(_thumbnail(item.path))
-        title = "\n".join(
-            textwrap.wrap(f"true: {item.true_name}", 40, subsequent_indent="  ")
-            + textwrap.wrap(
-                f"pred: {item.pred_name} ({item.confidence:.0%})", 40, subsequent_indent="  "
-            )
-        )
-        ax.set_title(title, fontsize=8, loc="left")
+        lines = textwrap.wrap(f"true: {item.true_name}", 40, subsequent_indent="  ")
+        lines += textwrap.wrap(f"pred: {item.pred_name}", 40, subsequent_indent="  ")
+        lines[-1] += f" ({item.confidence:.0%})"
+        ax.set_title("\n".join(lines), fontsize=9, loc="left")
     fig.suptitle("Most confident mistakes", fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / (3.2 * rows)))
     return _png(fig)

@@ -19,7 +19,7 @@ from carclf.evaluate.evaluation import Evaluation
 from carclf.evaluate.plots import confusion_png, gallery_png, reliability_png
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1150px;
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1300px;
 color:#222;padding:0 1em}
 h1{margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .sub{color:#666;margin-top:0}
@@ -31,6 +31,7 @@ th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .card b{display:block;font-size:1.5em}.card span{color:#666;font-size:.85em}
 img{max-width:100%;height:auto;border:1px solid #eee}
 .note{color:#666;font-size:.9em}
+.wide{overflow-x:auto}.wide img{max-width:none}
 """
 
 
@@ -62,6 +63,19 @@ def _class_table(ev: Evaluation) -> str:
         cells += f"<td class=num>{r['support']}</td>"
         rows.append(f"<tr>{cells}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _confusions_table(ev: Evaluation) -> str:
+    names = ev.display_names
+    rows = "".join(
+        f"<tr><td>{html.escape(names[t])}</td><td>{html.escape(names[p])}</td>"
+        f"<td class=num>{c}</td><td class=num>{c / max(1, ev.report.support[t]):.0%}</td></tr>"
+        for t, p, c in ev.top_confusions(10)
+    )
+    if not rows:
+        return "<p>No mistakes.</p>"
+    head = "<tr><th>true class</th><th>predicted as</th><th>images</th><th>of the class</th></tr>"
+    return f"<table>{head}{rows}</table>"
 
 
 def _kv_table(items: Mapping[str, object]) -> str:
@@ -124,7 +138,9 @@ is perfect calibration; green: how many images fall in each bin.</p>
 <h2>Per-class precision, recall and F1</h2>
 {_class_table(ev)}
 <h2>Confusion matrix</h2>
-{_img(figures["confusion"], "confusion matrix")}
+<h3>Most frequent confusions</h3>
+{_confusions_table(ev)}
+<div class="wide">{_img(figures["confusion"], "confusion matrix")}</div>
 <h2>Most confident mistakes ({len(ev.mistakes)})</h2>
 {_img(figures["mistakes"], "most confident mistakes")}
 {unreadable}

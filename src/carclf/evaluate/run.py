@@ -189,7 +189,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "backbone": f"{m.backbone}, {m.image_size} px, {m.num_classes} classes, T = {clf.temperature:.3f}",
         "data": cfg.input + (f" (labels: {cfg.labels})" if cfg.labels else ""),
         "TTA": res.tta.describe(),
-        "speed": f"{views.images_per_second:.1f} images/s ({clf.backend.name}, batch {cfg.batch_size}, "
+        "speed": f"{views.images_per_second:.1f} images/s ({getattr(clf.backend, 'name', '?')}, batch {cfg.batch_size}, "
         f"{cfg.num_workers} loader workers)",
         "outputs": f"{res.submission}, {res.topk}",
     }
