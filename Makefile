@@ -19,7 +19,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m carclf.data.synthetic $(DEMO)/data
 	$(BIN)/python -m carclf.data.check $(DEMO)/data
-	$(BIN)/python train.py experiment=demo data.path=$(DEMO)/data hydra.run.dir=$(DEMO)/run
+	$(BIN)/python train.py experiment=quick data.path=$(DEMO)/data data.image_size=160 hydra.run.dir=$(DEMO)/run
 	$(BIN)/python predict.py model=$(DEMO)/run input=$(DEMO)/data/test_upload \
 		sample_submission=$(DEMO)/data/sample-submission.csv output=$(DEMO)/submission.csv
 	@echo "demo outputs in $(DEMO)/: run/ (checkpoints, tensorboard, bundle, curves.png), submission.csv"

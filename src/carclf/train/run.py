@@ -253,7 +253,9 @@ def finish(
         metrics["val_loss"] = float(
             torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
         )
-        if cfg.fit_temperature:
+        # With no validation mistakes the NLL-optimal temperature runs off to ~0 (certainty);
+        # that is an artefact of a small or easy split, not calibration, so keep T=1 then.
+        if cfg.fit_temperature and metrics["val_acc"] < 1.0:
             from carclf.evaluate.calibration import fit_temperature
 
             meta.temperature = float(fit_temperature(logits, labels))
