@@ -154,3 +154,43 @@ def test_every_recipe_composes():
             OmegaConf.to_container(cfg.stages), 9, cfg.data.image_size, cfg.data.batch_size, 1.0
         )
         assert stages[-1].end_epoch >= 2, exp
+
+
+@pytest.mark.slow
+def test_training_features_smoke(synthetic, tmp_path):
+    """Mixup/cutmix, EMA, channels_last, clipping, accumulation, layer decay, plateau and
+    onecycle schedulers, a hidden head layer and class weights, in one short uncached run."""
+    cfg = compose_train(
+        [
+            f"data.path={synthetic}",
+            *TINY,
+            "model.mixup=0.2",
+            "model.cutmix=1.0",
+            "model.mix_prob=1.0",
+            "model.ema_decay=0.9",
+            "model.channels_last=true",
+            "model.layer_decay=0.8",
+            "model.class_weights=true",
+            "model.head.hidden=[16]",
+            "trainer.gradient_clip_val=1.0",
+            "trainer.accumulate_grad_batches=2",
+            "trainer.deterministic=true",
+            "stages.head.epochs=1",
+            "stages.head.cache=off",
+            "stages.head.scheduler=plateau",
+            "stages.top.epochs=1",
+            "stages.top.cache=off",
+            "stages.top.scheduler=onecycle",
+            "stages.top.optimizer=sgd",
+            "bundle_fp16=true",
+        ]
+    )
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["epochs"] == 2 and 0.0 <= metrics["val_acc"] <= 1.0
+    meta = json.loads((tmp_path / "run" / "bundle" / "meta.json").read_text())
+    assert meta["dtype"] == "float16" and meta["head"]["hidden"] == [16]
+    from carclf import Classifier
+
+    clf = Classifier.load(tmp_path / "run")
+    pred = clf.predict(sorted((synthetic / "test_upload").glob("*.jpg"))[:3], top_k=2)
+    assert all(p.ok and len(p.top) == 2 for p in pred)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -102,6 +103,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, max_epochs: i
         plugins=[AtomicCheckpointIO()],
         **limits,
     )
+
+
+# Frozen BatchNorm layers are in eval mode on purpose (see CarNet.train).
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) -> dict:
