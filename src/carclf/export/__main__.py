@@ -1,0 +1,62 @@
+"""``python -m carclf.export MODEL [--int8] [--images DIR ...]``: see :mod:`carclf.export.pipeline`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from carclf.errors import CarclfError
+from carclf.export.onnx import OPSET
+from carclf.export.quantize import METHODS
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m carclf.export",
+        description="Export a carclf model to ONNX (model.onnx, and model.int8.onnx with --int8) "
+        "inside its bundle folder, and check it against PyTorch.",
+    )
+    p.add_argument("model", help="bundle folder, training run folder, or .ckpt checkpoint")
+    p.add_argument("--int8", action="store_true", help="also write an int8 model.int8.onnx")
+    p.add_argument(
+        "--int8-method",
+        choices=METHODS,
+        default="static",
+        help="static: calibrated on --images, fast (default); dynamic: no photos, slow on CPU",
+    )
+    p.add_argument(
+        "--images",
+        nargs="+",
+        metavar="PATH",
+        help="photos (files or folders) for the parity check and int8 calibration "
+        "(default: a run folder's training data, else synthetic images for parity)",
+    )
+    p.add_argument("--num-images", type=int, default=32, help="how many photos to use (32)")
+    p.add_argument("--out", help="bundle folder to write (default: the model's own bundle)")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    from carclf.export.pipeline import export_model
+
+    try:
+        report = export_model(
+            args.model,
+            int8=args.int8,
+            int8_method=args.int8_method,
+            images=args.images,
+            num_images=args.num_images,
+            out=args.out,
+            opset=args.opset,
+        )
+    except CarclfError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report.format())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

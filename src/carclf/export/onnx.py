@@ -1,0 +1,231 @@
+"""Export a :class:`CarNet` to ONNX, and check the export against PyTorch.
+
+The model file carries its own preprocessing contract and class names in ``metadata_props``, so a
+consumer with nothing but ``model.onnx`` (a C++ or Java service, Netron, a colleague) knows how to
+feed it and how to read its output; values are JSON strings.
+
+We use the TorchScript-based exporter (``dynamo=False``): it needs nothing beyond ``onnx`` (the
+dynamo exporter also needs ``onnxscript``), works offline, and exports the convolutional
+backbones carclf uses exactly (max logit difference ~1e-6). The batch axis is dynamic, so one file
+serves batch 1 and batch 32; height and width are fixed to the bundle's image size.
+
+TF-ported backbones (``tf_efficientnet_*``) pad stride-2 convolutions "same" as TensorFlow does,
+computed from the input size at every call. Exported as is, that becomes a float subgraph
+(Shape, Div, Ceil, Clip) per convolution, which int8 quantization then rounds into wrong pad
+widths. Since the size is fixed, the export uses a copy of the network whose pads are constants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from carclf.errors import ModelError
+from carclf.models.bundle import BundleMeta
+from carclf.models.network import CarNet
+
+OPSET = 17
+INPUT = "input"
+OUTPUT = "logits"
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+# Where exported logits may differ from PyTorch's: fp32 kernels differ in summation order only.
+FP32_TOLERANCE = 1e-3
+
+
+def onnx_metadata(meta: BundleMeta) -> dict[str, str]:
+    """metadata_props for ``meta``: the preprocessing contract, class names, model identity."""
+    from carclf import __version__
+
+    values = {
+        "carclf.format": "carclf-onnx/1",
+        "backbone": meta.backbone,
+        "image_size": meta.image_size,
+        "mean": list(meta.mean),
+        "std": list(meta.std),
+        "resize": meta.resize,
+        "input_layout": "NCHW float32 RGB, (pixel / 255 - mean) / std",
+        "temperature": meta.temperature,
+        "class_names": meta.class_names,
+        "class_names_local": meta.class_names_local,
+        "label_values": meta.label_values,
+        "created": meta.created,
+        "carclf_version": __version__,
+    }
+    return {k: json.dumps(v, ensure_ascii=False) for k, v in values.items()}
+
+
+def _atomic_target(path: Path) -> Path:
+    """A temporary file beside ``path``: written fully, then renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
+    return Path(tmp)
+
+
+def set_metadata(onnx_path: str | os.PathLike, props: dict[str, str]) -> None:
+    """Replace the metadata_props of an ONNX file in place (atomically)."""
+    import onnx
+
+    path = Path(onnx_path)
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    tmp = _atomic_target(path)
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def static_padding_net(net: CarNet, meta: BundleMeta) -> CarNet:
+    """A copy of ``net`` whose TF-"same" convolutions pad by constants for ``meta.image_size``.
+
+    Rebuilt from ``meta`` (not deep-copied: CarNet's chunk functions refer to their own backbone)
+    with timm's export-friendly ``Conv2dSameExport``, which fixes its padding on the first call.
+    """
+    from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
+
+    from carclf.models.factory import build_net
+
+    copy = build_net(meta.backbone, meta.num_classes, weights="none", head=meta.head)
+    copy.load_state_dict(net.state_dict())
+    swapped = 0
+    for parent in list(copy.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is Conv2dSame:
+                static = Conv2dSameExport(
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    stride=child.stride,
+                    dilation=child.dilation,
+                    groups=child.groups,
+                    bias=child.bias is not None,
+                )
+                static.load_state_dict(child.state_dict())
+                setattr(parent, name, static)
+                swapped += 1
+    copy.eval()
+    if swapped:
+        with torch.no_grad():  # fixes each layer's padding for this input size
+            copy(torch.zeros(1, 3, meta.image_size, meta.image_size))
+    return copy
+
+
+def export_onnx(net: CarNet, meta: BundleMeta, path: str | os.PathLike, opset: int = OPSET) -> Path:
+    """Write ``net`` as an ONNX model with a dynamic batch axis and ``meta`` in its metadata.
+
+    The file appears only when complete (written beside it, then renamed), so a failed export
+    never leaves a half-written model.onnx that :class:`Classifier` would pick up.
+    """
+    import onnx
+
+    if opset < 17:
+        raise ModelError(f"opset {opset}: carclf exports need opset 17 or newer")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = static_padding_net(net.eval().float().cpu(), meta)
+    dummy = torch.zeros(1, 3, meta.image_size, meta.image_size)
+    tmp = _atomic_target(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+            torch.onnx.export(
+                net,
+                (dummy,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                do_constant_folding=True,
+            )
+        model = onnx.load(str(tmp))
+        onnx.checker.check_model(model)
+        model.doc_string = f"carclf {meta.backbone} classifier, {meta.num_classes} classes"
+        for key, value in onnx_metadata(meta).items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"cannot export {meta.backbone} to ONNX ({type(e).__name__}: {e})") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+@dataclass
+class Parity:
+    """How closely an exported model reproduces PyTorch on the same inputs."""
+
+    model: str
+    images: int
+    max_abs_diff: float
+    top1_agreement: float  # share of images with the same top-1 class
+
+    @property
+    def top1_identical(self) -> bool:
+        return self.top1_agreement == 1.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "top1_identical": self.top1_identical}
+
+
+def compare_logits(name: str, reference: np.ndarray, other: np.ndarray) -> Parity:
+    if reference.shape != other.shape:
+        raise ModelError(f"{name}: logits of shape {other.shape}, PyTorch gives {reference.shape}")
+    return Parity(
+        model=name,
+        images=len(reference),
+        max_abs_diff=float(np.abs(reference - other).max()) if reference.size else 0.0,
+        top1_agreement=float((reference.argmax(1) == other.argmax(1)).mean())
+        if reference.size
+        else 1.0,
+    )
+
+
+@torch.inference_mode()
+def torch_logits(net: CarNet, batch: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+    net = net.eval().float().cpu()
+    return np.concatenate(
+        [net(batch[i : i + batch_size]).float().numpy() for i in range(0, len(batch), batch_size)]
+    )
+
+
+def onnx_logits(onnx_path: str | os.PathLike, batch: torch.Tensor, batch_size: int = 32):
+    from carclf.export.runtime import OnnxBackend
+
+    backend = OnnxBackend(onnx_path)
+    return np.concatenate(
+        [backend(batch[i : i + batch_size]).numpy() for i in range(0, len(batch), batch_size)]
+    )
+
+
+def validate_onnx(
+    net: CarNet,
+    onnx_path: str | os.PathLike,
+    batch: torch.Tensor,
+    reference: np.ndarray | None = None,
+) -> Parity:
+    """Run ``batch`` (preprocessed images) through PyTorch and the ONNX file and compare logits.
+
+    Give it more than one image: the export traced a batch of one, so a larger batch is what
+    catches a batch axis that was exported fixed.
+    """
+    reference = torch_logits(net, batch) if reference is None else reference
+    return compare_logits(Path(onnx_path).name, reference, onnx_logits(onnx_path, batch))
