@@ -194,3 +194,27 @@ def test_training_features_smoke(synthetic, tmp_path):
     clf = Classifier.load(tmp_path / "run")
     pred = clf.predict(sorted((synthetic / "test_upload").glob("*.jpg"))[:3], top_k=2)
     assert all(p.ok and len(p.top) == 2 for p in pred)
+
+
+def test_large_cache_spills_to_disk(synthetic, tmp_path):
+    import numpy as np
+
+    from carclf.data.datamodule import CarDataModule
+    from carclf.models import build_net
+    from carclf.train.feature_cache import CacheKey, FeatureCache
+
+    dm = CarDataModule(synthetic, image_size=64, num_workers=0)
+    net = build_net("tf_efficientnet_lite0", dm.num_classes, weights="none").eval()
+    views = [
+        dm.dataset("train", transform=dm.eval_preset()),
+        dm.dataset("train", transform=dm.train_preset()),
+    ]
+    labels = dm.rows("train")["label"].to_numpy()
+    key = CacheKey("train", 7, 64, 2, 1.0, len(labels), "x")
+    cache = FeatureCache.build(
+        key, net, views, labels, batch_size=8, num_workers=0, max_mb=0, spill_dir=tmp_path
+    )
+    assert isinstance(cache.store, np.memmap) and list(tmp_path.glob("*.f16"))
+    x, y, idx = next(iter(cache.loader(batch_size=8, shuffle=True)))
+    assert x.dtype == torch.float32 and x.shape == (8, 192, 2, 2)
+    assert torch.equal(y, torch.as_tensor(labels[idx.numpy()]))

@@ -90,7 +90,7 @@ class FeatureCache:
         net.eval()
         n = len(labels)
         store, valid = None, np.zeros(n, dtype=bool)
-        total = len(datasets) * n
+        total, done = len(datasets) * n, 0
         bar = tqdm(
             total=total,
             desc=f"caching {key.split} features (groups 0-{key.cut - 1}, {len(datasets)} views)",
@@ -119,6 +119,15 @@ class FeatureCache:
                     if v == 0:
                         valid[idx.numpy()] = True
                     bar.update(len(idx))
+                    done += len(idx)
+                    if done * 4 // total > (done - len(idx)) * 4 // total:  # a log line per quarter
+                        log.info(
+                            "caching %s features: %d/%d images (%.0f s)",
+                            key.split,
+                            done,
+                            total,
+                            time.perf_counter() - t0,
+                        )
         finally:
             bar.close()
             net.train(was_training)
