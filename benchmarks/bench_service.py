@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import sys
@@ -170,13 +171,14 @@ def main(argv=None) -> None:
         host = server.url.removeprefix("http://")
         requests = [multipart_request(host, f.read_bytes(), f.name) for f in photos]
         asyncio.run(run_level(server.url, requests, 4, 16, 10))  # warm-up
-        rows = []
+        rows, loads = [], [os.getloadavg()[0]]
         for clients in args.clients:
             before = batch_stats(server.url)
             lat, errors, wall = asyncio.run(
                 run_level(server.url, requests, clients, args.requests, args.seconds)
             )
             after = batch_stats(server.url)
+            loads.append(os.getloadavg()[0])
             batches = after[1] - before[1]
             mean_batch = (after[0] - before[0]) / batches if batches else 0.0
             q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else [0] * 99
@@ -195,11 +197,13 @@ def main(argv=None) -> None:
         + ", ".join(f"batch {n}: {v:.1f}" for n, v in raw.items())
         + f" (threads={default_threads()})"
     )
-    print(f"torch {torch.__version__}, server: python -m carclf.serve (1 process)\n")
+    print(f"torch {torch.__version__}, server: python -m carclf.serve (1 process)")
+    print(f"1-min load average during the runs: {min(loads):.1f}-{max(loads):.1f}\n")
     print(
-        "| clients | requests | req/s | p50 ms | p99 ms | errors | mean model batch | of raw ORT b32 |"
+        "| clients | requests | req/s | p50 ms | p99 ms | errors | mean model batch "
+        "| of raw ORT b32 | of raw ORT best batch |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

@@ -292,6 +292,24 @@ def test_model_that_fails_to_load_is_reported(tmp_path, bundle):
         assert_error(c.post("/predict", content=b"x"), 503, "model_failed")
 
 
+def test_int8_backend(bundle, tmp_path, photos):
+    import shutil
+
+    from carclf.errors import ModelError
+    from carclf.serve import load_classifier
+
+    clf = load_classifier(bundle, "int8")
+    assert clf.backend.path.name == "model.int8.onnx"
+    with TestClient(create_app(clf)) as c:
+        r = c.post("/predict", content=photos[0])
+        assert r.status_code == 200 and r.json()["model"]["backend"] == "onnx-int8"
+    plain = tmp_path / "plain"
+    shutil.copytree(bundle, plain)
+    (plain / "model.int8.onnx").unlink()
+    with pytest.raises(ModelError, match="--int8"):
+        load_classifier(plain, "int8")
+
+
 def test_wrong_model_path_fails_at_once(tmp_path):
     from carclf.errors import ModelError
 

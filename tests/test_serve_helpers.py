@@ -168,8 +168,11 @@ class ServerProcess:
             raise RuntimeError("server did not start:\n" + "".join(self.lines[-30:]))
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if httpx.get(f"{self.url}/ready").status_code == 200:
-                return
+            try:
+                if httpx.get(f"{self.url}/ready").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
             time.sleep(0.2)
         self.stop()
         raise RuntimeError("server never became ready:\n" + "".join(self.lines[-30:]))

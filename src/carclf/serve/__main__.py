@@ -50,6 +50,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
+    sock.listen(2048)  # clients that connect right after the URL is printed wait in the backlog
     sock.set_inheritable(True)
     return sock
 

@@ -25,9 +25,10 @@ class Limits:
     max_pixels: int = 40_000_000  # width x height, checked from the header before decoding
     max_pending: int = 64  # requests admitted at once; more get 503 + Retry-After
     max_queue: int = 128  # preprocessed images waiting for the model; more get 503
-    # Images per model call (the micro-batch). Small on purpose: on a 2-core CPU, Lite0 at 224 px
-    # runs 125 img/s at batch 1-4 but 82 img/s at batch 32 (activations outgrow the cache; see
-    # BENCHMARKS.md). On a GPU raise it (--max-batch 32).
+    # Images per model call (the micro-batch). Measured on 2 cores, Lite0 224 px, 32 clients:
+    # 1 gives 52 req/s (every call pays a hop between threads and the GIL), 4 gives 150, 8 gives
+    # 145; ONNX Runtime itself is fastest per image at batch 1-4 and slowest at 32 on such a CPU
+    # (activations outgrow the cache). On a GPU raise it (--max-batch 32).
     max_batch: int = 4
     max_wait_ms: float = 5.0  # how long a micro-batch waits for requests still being decoded
     request_timeout_s: float = 10.0  # read + decode + inference; over it: 504
