@@ -26,7 +26,9 @@ from carclf.export.pipeline import export_model
 from carclf.models import build_net
 from carclf.models.bundle import BundleMeta, save_bundle
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# as tests/conftest.py: ../shared beside the repo, or CARCLF_SHARED
+SHARED = Path(os.environ.get("CARCLF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = SHARED / "data"
 PHOTOS = SHARED / "sfdl-photos" / "train"
 IMAGE_SIZE = 96
 

@@ -1,6 +1,7 @@
 """The web service: ``python -m carclf.serve MODEL``, or ``create_app(model)`` for ASGI servers."""
 
-from carclf.serve.app import create_app, load_classifier
+from carclf.serve.app import create_app
 from carclf.serve.limits import Limits
+from carclf.serve.state import load_classifier
 
 __all__ = ["Limits", "create_app", "load_classifier"]

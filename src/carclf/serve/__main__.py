@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     import uvicorn
 
-    from carclf.serve.app import create_app, load_classifier
+    from carclf.serve.app import create_app
+    from carclf.serve.state import load_classifier
 
     try:
         classifier = load_classifier(args.model, args.backend)

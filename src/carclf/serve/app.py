@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -27,111 +26,12 @@ from carclf.serve.engine import Engine, elapsed_ms
 from carclf.serve.errors import ApiError, install_error_handlers
 from carclf.serve.limits import Limits
 from carclf.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
-from carclf.serve.schemas import BatchPrediction, ErrorBody, Health, Prediction, Ready
-from carclf.serve.uploads import (
-    ACCEPTED_TEXT,
-    MULTIPART_SLACK,
-    is_multipart,
-    read_body,
-    read_files,
-)
+from carclf.serve.openapi import BATCH_BODY, ERRORS, PREDICT_BODY
+from carclf.serve.schemas import BatchPrediction, Health, Prediction, Ready
+from carclf.serve.state import ServiceState
+from carclf.serve.uploads import MULTIPART_SLACK, is_multipart, read_body, read_files
 
-log = logging.getLogger("carclf.serve")
-
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "application/octet-stream")
-BINARY = {"type": "string", "format": "binary"}
-PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": f"one {ACCEPTED_TEXT} image: multipart field `file`, or the raw bytes",
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": BINARY},
-                    "required": ["file"],
-                }
-            },
-            **{t: {"schema": BINARY} for t in IMAGE_TYPES},
-        },
-    }
-}
-BATCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": f"several {ACCEPTED_TEXT} images in multipart fields `files`",
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"files": {"type": "array", "items": BINARY}},
-                    "required": ["files"],
-                }
-            }
-        },
-    }
-}
-ERRORS = {
-    code: {"model": ErrorBody, "description": what}
-    for code, what in {
-        400: "no image in the request (empty body, missing field, malformed multipart)",
-        413: "upload, pixel count or file count over the limit",
-        415: f"not a {ACCEPTED_TEXT} image",
-        422: "image cannot be decoded, or a bad query parameter",
-        503: "model not loaded yet, or overloaded (see Retry-After)",
-        504: "request took longer than the time limit",
-    }.items()
-}
 STATIC = resources.files("carclf.serve") / "static"
-
-
-class ServiceState:
-    """The engine once the model is loaded, or why it is not (yet)."""
-
-    def __init__(self, limits: Limits, metrics: Metrics, name: str | None):
-        self.limits = limits
-        self.metrics = metrics
-        self.name = name
-        self.engine: Engine | None = None
-        self.error: str | None = None
-        self.started = time.time()
-
-    def load(self, model: str | os.PathLike, backend: str) -> None:
-        try:
-            classifier = load_classifier(model, backend)
-            engine = Engine(classifier, self.limits, self.metrics, self.name)
-            engine.warm_up()
-            self.engine = engine
-            log.info("model %s (%s) ready", engine.info.name, engine.info.backend)
-        except Exception as e:  # reported by /ready; the process stays up for /health
-            log.exception("cannot load model %s", model)
-            self.error = f"{type(e).__name__}: {e}"
-
-    def ready_engine(self) -> Engine:
-        if self.engine is not None:
-            return self.engine
-        if self.error is not None:
-            raise ApiError(503, "model_failed", f"the model failed to load: {self.error}")
-        raise ApiError(
-            503, "model_loading", "the model is still loading; retry shortly", {"Retry-After": "1"}
-        )
-
-
-def load_classifier(model: str | os.PathLike, backend: str = "auto") -> Classifier:
-    """A CPU Classifier; ``backend`` ``int8`` runs the bundle's model.int8.onnx."""
-    if backend != "int8":
-        return Classifier.load(model, device="cpu", backend=backend)
-    from carclf.errors import ModelError
-    from carclf.export.runtime import OnnxBackend
-    from carclf.models.bundle import read_meta
-
-    target = find_model(model)
-    path = target / "model.int8.onnx"
-    if not path.is_file():
-        raise ModelError(
-            f"{target}: no model.int8.onnx; run: python -m carclf.export {target} --int8"
-        )
-    return Classifier(None, read_meta(target), "cpu", backend=OnnxBackend(path))
 
 
 def create_app(

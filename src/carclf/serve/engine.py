@@ -48,7 +48,9 @@ def model_info(classifier: Classifier, name: str | None = None) -> ModelInfo:
     if path is not None and Path(path).is_file():
         version = _file_hash(Path(path))
         backend = "onnx-int8" if ".int8." in Path(path).name else "onnx"
-        default_name = Path(path).parent.name
+        folder = Path(path).parent
+        # a run's bundle is <run>/bundle: the run's name says more than "bundle"
+        default_name = folder.parent.name if folder.name == "bundle" else folder.name
     else:
         blob = json.dumps(asdict(meta), sort_keys=True, default=str).encode()
         version = hashlib.sha256(blob).hexdigest()[:12]
