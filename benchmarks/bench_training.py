@@ -170,7 +170,7 @@ def carclf_recipe(recipe: str, data: Path, budget_s: float, out: Path) -> dict:
         "method": f"carclf `{recipe}` recipe",
         "test_acc": acc,
         "train_s": wall,
-        "images_per_s": n_train * metrics["epochs"] / metrics["train_seconds"],
+        "images_per_s": n_train * metrics["epochs_completed"] / metrics["train_seconds"],
         "val_acc": metrics.get("val_acc"),
         "cache_s": sum(metrics.get("cache_seconds", {}).values()),
     }

@@ -218,3 +218,18 @@ def test_large_cache_spills_to_disk(synthetic, tmp_path):
     x, y, idx = next(iter(cache.loader(batch_size=8, shuffle=True)))
     assert x.dtype == torch.float32 and x.shape == (8, 192, 2, 2)
     assert torch.equal(y, torch.as_tensor(labels[idx.numpy()]))
+
+
+def test_time_budget_counts_from_run_start(synthetic, tmp_path):
+    """A budget already spent before the first batch stops training after one batch."""
+    cfg = compose_train(
+        [f"data.path={synthetic}", *TINY, "trainer.time_budget_min=0.0001", "fit_temperature=false"]
+    )
+    metrics = train(cfg, tmp_path / "run")
+    epochs = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
+    assert epochs == metrics["epochs"]
+    import pandas as pd
+
+    log = pd.read_csv(tmp_path / "run" / "logs" / "csv" / "metrics.csv")
+    assert log["epoch"].max() == 0  # stopped inside the first epoch of 16
+    assert metrics["epochs_completed"] <= 1 and metrics["epochs"] == 16

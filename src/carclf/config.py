@@ -87,9 +87,8 @@ class TrainerConfig:
     limit_val_batches: float | None = None
     enable_progress_bar: bool = True
     early_stopping_patience: int | None = None
-    time_budget_min: float | None = (
-        None  # stop training after this many minutes (Lightning max_time)
-    )
+    # Stop training this many minutes after the run started (data check and caches included).
+    time_budget_min: float | None = None
 
 
 @dataclass

@@ -260,3 +260,22 @@ class StagedFinetuning(pl.Callback):
         if self.optim_stage != self.applied:
             trainer.strategy.setup_optimizers(trainer)
         pl_module.log("stage", float(self.applied), on_step=False, on_epoch=True)
+
+
+class TimeBudget(pl.Callback):
+    """Stop training once ``minutes`` have passed since ``start`` (a ``time.perf_counter`` value).
+
+    Unlike Lightning's ``max_time``, the clock starts when the run starts, so the data check and
+    the building of feature caches count against the budget too.
+    """
+
+    def __init__(self, minutes: float, start: float | None = None):
+        self.seconds = minutes * 60.0
+        self.start = time.perf_counter() if start is None else start
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if time.perf_counter() - self.start > self.seconds and not trainer.should_stop:
+            log.info(
+                "time budget of %.1f min reached: stopping after this batch", self.seconds / 60
+            )
+            trainer.should_stop = True

@@ -28,7 +28,7 @@ from carclf.data.layouts import read_dataset
 from carclf.errors import CarclfError
 from carclf.models.bundle import BundleMeta, save_bundle
 from carclf.models.module import CarClassifier
-from carclf.train.callbacks import StagedFinetuning
+from carclf.train.callbacks import StagedFinetuning, TimeBudget
 from carclf.train.checkpoint import AtomicCheckpointIO
 from carclf.train.ema import EMA
 from carclf.train.plots import plot_curves
@@ -94,7 +94,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, max_epochs: i
         enable_progress_bar=t.enable_progress_bar,
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
-        max_time={"minutes": t.time_budget_min} if t.time_budget_min else None,
         logger=[
             TensorBoardLogger(str(run_dir), name="logs", version="tensorboard"),
             CSVLogger(str(run_dir), name="logs", version="csv"),
@@ -114,6 +113,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
 
     ``callbacks`` are extra Lightning callbacks (e.g. for monitoring), added after carclf's own.
     """
+    started = time.perf_counter()
     ckpt_path = None
     if cfg.get("resume"):
         cfg, ckpt_path = resume_config(cfg.resume)
@@ -200,6 +200,8 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
     own = [staged, ckpt_cb, last_cb, LearningRateMonitor(logging_interval="epoch")] + (
         [ema] if ema else []
     )
+    if cfg.trainer.time_budget_min:
+        own.append(TimeBudget(cfg.trainer.time_budget_min, start=started))
     if cfg.trainer.early_stopping_patience and has_val:
         own.append(
             EarlyStopping(
@@ -217,7 +219,10 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
         )
     if not trainer.is_global_zero:
         return {}
-    return finish(cfg, run_dir, module, dm, stages, staged, ckpt_cb, ema, meta, train_seconds)
+    metrics = {"epochs_completed": trainer.current_epoch}
+    return finish(
+        cfg, run_dir, module, dm, stages, staged, ckpt_cb, ema, meta, train_seconds, metrics
+    )
 
 
 def finish(
@@ -231,6 +236,7 @@ def finish(
     ema,
     meta: BundleMeta,
     train_seconds: float,
+    metrics: dict,
 ) -> dict:
     """Best weights -> temperature -> bundle, curves and metrics.json."""
     best = ckpt_cb.best_model_path
@@ -250,6 +256,7 @@ def finish(
         "recipe": cfg.recipe,
         "train_seconds": round(train_seconds, 1),
         "epochs": stages[-1].end_epoch,
+        **metrics,
     }
     metrics["cache_seconds"] = {k: round(v, 1) for k, v in staged.cache_seconds.items()}
     if len(dm.val_idx):
