@@ -135,6 +135,11 @@ def test_threads_env(monkeypatch, bundle):
         OnnxBackend(bundle / ONNX_FILE)
 
 
+def test_wrong_input_size_is_a_clear_error(bundle):
+    with pytest.raises(ModelError, match="exported for 96x96"):
+        OnnxBackend(bundle / ONNX_FILE)(torch.zeros(1, 3, 128, 128))
+
+
 def test_corrupt_onnx_file_is_a_clear_error(tmp_path):
     bad = tmp_path / ONNX_FILE
     bad.write_bytes(b"not a model")

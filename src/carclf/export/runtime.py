@@ -86,6 +86,7 @@ class OnnxBackend:
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise ModelError(f"{self.path}: expected one NCHW image input, got {inputs}")
         self.input_name = inputs[0].name
+        self.input_size = tuple(inputs[0].shape[2:])  # (H, W): fixed at export
         self.output_name = self.session.get_outputs()[0].name
         self.threads = threads or default_threads()
 
@@ -102,6 +103,11 @@ class OnnxBackend:
         return out
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if tuple(batch.shape[2:]) != self.input_size:
+            raise ModelError(
+                f"{self.path}: exported for {self.input_size[0]}x{self.input_size[1]} px input, "
+                f"got {tuple(batch.shape[2:])} (meta.json and model.onnx disagree? re-export)"
+            )
         x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
         (logits,) = self.session.run([self.output_name], {self.input_name: x})
         return torch.from_numpy(np.asarray(logits, dtype=np.float32))
