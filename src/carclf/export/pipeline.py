@@ -50,7 +50,7 @@ class ExportReport:
         return all(p.top1_identical for p in self.parity if p.model == ONNX_FILE)
 
     def format(self) -> str:
-        lines = [f"bundle: {self.bundle}" + (" (written from the checkpoint)" * self.wrote_bundle)]
+        lines = [f"bundle: {self.bundle}" + (" (new bundle written)" * self.wrote_bundle)]
         for name, size in self.files.items():
             what = f"opset {OPSET}, dynamic batch" if name == ONNX_FILE else f"{self.int8_method}"
             lines.append(f"  {name:<16} {size / 2**20:6.1f} MB  {what}")
@@ -63,6 +63,8 @@ class ExportReport:
                 else f"top-1 agreement {p.top1_agreement:.1%} ({same}/{p.images})"
             )
             lines.append(f"  {p.model:<16} max |logit diff| {p.max_abs_diff:.2e}  {top1}")
+        if INT8_FILE in self.files and "static" in (self.int8_method or ""):
+            lines.append("  (int8 was calibrated on these same photos)")
         lines += [f"  skipped (cannot decode): {s}" for s in self.skipped]
         return "\n".join(lines)
 
