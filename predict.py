@@ -1,7 +1,7 @@
 """Predict with a trained carclf model: a Kaggle submission, a top-k table, and an HTML report.
 
     python predict.py model=outputs/run input=data/test_upload \\
-        sample_submission=data/sample-submission.csv output=submission.csv [tta=hflip]
+        sample_submission=data/sample-submission.csv output=submission.csv [tta=none]
     python predict.py model=outputs/run input=data/test_upload labels=test-labels.csv \\
         evaluate=true output=eval.csv      # + eval_report/report.html
 

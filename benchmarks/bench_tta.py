@@ -1,6 +1,7 @@
 """Which TTA policy helps, by how much, and at what cost; calibration before/after temperature.
 
     .venv/bin/python benchmarks/bench_tta.py [--model RUN_DIR|BUNDLE] [--data DIR] [--workers N]
+        [--cache outputs/bench/tta/logits.npz]
 
 For every policy in conf/tta/ (built from the YAML exactly as ``predict.py tta=<name>`` builds
 it), with both merge rules, prints one markdown row: accuracy on the validation split of the
@@ -13,7 +14,11 @@ once and its logits reused, so the cost column is the sum of the policy's per-vi
 an image once for all its views, so it is a little faster than this column.
 
 The validation split is rebuilt from the run's config.yaml (val_fraction, fold, seed), the same
-split training used for checkpoint selection and for fitting the temperature.
+split training used for checkpoint selection and for fitting the temperature. The bundle's
+temperature was fitted on single-view logits; the last column refits it on the validation
+split's merged logits of each policy (logits merge only), to show what TTA does to calibration.
+Per-view logits are cached in ``--cache`` (keyed by the bundle's creation time) so the table can
+be re-derived without running the network again.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from omegaconf import OmegaConf
 
 from carclf.data.datamodule import CarDataModule
 from carclf.data.tta import TTAPreset, merge_views
-from carclf.evaluate.calibration import expected_calibration_error
+from carclf.evaluate.calibration import expected_calibration_error, fit_temperature
 from carclf.evaluate.classifier import Classifier, find_model
 from carclf.evaluate.inference import infer_paths
 from carclf.evaluate.inputs import LabelMatcher, collect_inputs
@@ -107,6 +112,38 @@ def view_logits(clf, paths, presets, workers) -> tuple[dict, dict]:
     return logits, seconds
 
 
+def _key_name(key) -> str:
+    view, zoom = key
+    return view.key + ("" if zoom is None else f"-z{zoom:g}")
+
+
+def save_cache(path, created: str, test: dict, seconds: dict, val: dict) -> None:
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"test|{_key_name(k)}": v for k, v in test.items()}
+    arrays |= {f"val|{_key_name(k)}": v for k, v in val.items()}
+    arrays |= {f"sec|{_key_name(k)}": np.array(v) for k, v in seconds.items()}
+    np.savez_compressed(path, created=np.array(created), **arrays)
+
+
+def load_cache(path, created: str, presets: dict):
+    """(test logits, seconds, val logits) per view key, or None if missing or stale."""
+    if not path or not Path(path).is_file():
+        return None
+    data = np.load(path)
+    if str(data["created"]) != created:
+        return None
+    keys = {(v, p.zoom if v.crop != "full" else None) for p in presets.values() for v in p.views}
+    try:
+        test = {k: data[f"test|{_key_name(k)}"] for k in keys}
+        secs = {k: float(data[f"sec|{_key_name(k)}"]) for k in keys}
+        val = {k: data[f"val|{_key_name(k)}"] for k in keys if f"val|{_key_name(k)}" in data}
+    except KeyError:
+        return None
+    return test, secs, val
+
+
 def stack(preset: TTAPreset, table: dict) -> np.ndarray:
     keys = [(v, preset.zoom if v.crop != "full" else None) for v in preset.views]
     return np.stack([table[k] for k in keys], axis=1)
@@ -117,6 +154,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cache", default=None, help="npz file for per-view logits")
     args = parser.parse_args()
     torch.manual_seed(0)
     data = Path(args.data)
@@ -131,17 +169,23 @@ def main() -> None:
     print(f"model {target} ({m.backbone}, {m.image_size} px, T = {clf.temperature:.3f})")
     print(f"test: {len(test)} images; validation split: {len(val_paths)} images")
     t0 = time.perf_counter()
-    test_logits, seconds = view_logits(clf, test.paths, presets, args.workers)
-    val_logits = view_logits(clf, val_paths, presets, args.workers)[0] if val_paths else {}
+    cached = load_cache(args.cache, m.created, presets)
+    if cached:
+        test_logits, seconds, val_logits = cached
+        print(f"per-view logits from {args.cache}")
+    else:
+        test_logits, seconds = view_logits(clf, test.paths, presets, args.workers)
+        val_logits = view_logits(clf, val_paths, presets, args.workers)[0] if val_paths else {}
+        save_cache(args.cache, m.created, test_logits, seconds, val_logits)
     y = test.labels
     print(
         f"\nall views in {time.perf_counter() - t0:.0f} s; {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, {args.workers} loader workers\n"
     )
     head = "| policy | views | merge | val acc | test acc | test top-3 | test ECE, T=1 | "
-    head += f"test ECE, T={clf.temperature:.2f} | images/s |"
+    head += f"test ECE, T={clf.temperature:.2f} | images/s | T refit on val | test ECE, refit T |"
     print(head)
-    print("|" + "---|" * 9)
+    print("|" + "---|" * 11)
     rows = []
     for name, preset in presets.items():
         merges = ("logits", "probs") if len(preset) > 1 else ("logits",)
@@ -150,10 +194,14 @@ def main() -> None:
             lt = torch.from_numpy(stack(preset, test_logits))
             p1 = merge_views(lt, 1.0, merge).numpy()
             pt = merge_views(lt, clf.temperature, merge).numpy()
-            val_acc = float("nan")
+            val_acc, refit = float("nan"), "| — | — "
             if val_paths:
-                pv = merge_views(torch.from_numpy(stack(preset, val_logits)), 1.0, merge).numpy()
-                val_acc = accuracy(val_labels, pv.argmax(1))
+                lv = torch.from_numpy(stack(preset, val_logits))
+                val_acc = accuracy(val_labels, merge_views(lv, 1.0, merge).numpy().argmax(1))
+                if merge == "logits":
+                    t = fit_temperature(lv.mean(dim=1).numpy(), val_labels)
+                    ece = expected_calibration_error(merge_views(lt, t, merge).numpy(), y)
+                    refit = f"| {t:.3f} | {ece:.4f} "
             row = (
                 name,
                 len(preset),
@@ -166,7 +214,7 @@ def main() -> None:
             print(
                 f"| {name} | {len(preset)} | {merge} | {val_acc:.4f} | {row[4]:.4f} | {row[5]:.4f} | "
                 f"{expected_calibration_error(p1, y):.4f} | {expected_calibration_error(pt, y):.4f} | "
-                f"{len(y) / cost:.1f} |"
+                f"{len(y) / cost:.1f} {refit}|"
             )
     if val_paths:
         best = max(rows, key=lambda r: (round(r[3], 6), -r[1]))
