@@ -70,7 +70,9 @@ def confusion_png(cm: np.ndarray, names: Sequence[str]) -> bytes:
 
 def reliability_png(panels: Sequence[tuple[str, ReliabilityBins]]) -> bytes:
     """One reliability diagram per (title, bins): accuracy per confidence bin against the
-    diagonal of perfect calibration; the red part of a bar is the gap the ECE averages."""
+    diagonal of perfect calibration. The hatched red box spans accuracy to mean confidence,
+    the gap the ECE averages: above a bar the model is over-confident, inside it under-confident.
+    """
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 5.0), squeeze=False)
     fig.subplots_adjust(wspace=0.45)
     for ax, (title, bins) in zip(axes[0], panels, strict=True):
@@ -85,10 +87,11 @@ def reliability_png(panels: Sequence[tuple[str, ReliabilityBins]]) -> bytes:
             bottom=acc[used],
             width=width[used],
             align="edge",
-            color="#dd4444",
-            alpha=0.35,
-            edgecolor="#dd4444",
-            label="gap to calibration",
+            fill=False,
+            hatch="///",
+            edgecolor="#cc2222",
+            linewidth=0.8,
+            label="gap: accuracy to mean confidence",
         )
         ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy")
@@ -122,7 +125,11 @@ def _thumbnail(path: str, box: tuple[int, int] = (240, 180)) -> np.ndarray:
 
 
 def gallery_png(items: Sequence[GalleryItem], columns: int = 4) -> bytes:
-    """Thumbnails of mistakes, each titled with the true and the predicted class."""
+    """Thumbnails of mistakes, each titled with the true and the predicted class.
+
+    Tiles are placed at fixed positions (not by tight_layout, which lets titles of one row run
+    into the pictures of the row above): 4:3 picture boxes with room for four lines of text.
+    """
     if not items:
         fig, ax = plt.subplots(figsize=(6, 1.2))
         ax.axis("off")
@@ -130,15 +137,19 @@ def gallery_png(items: Sequence[GalleryItem], columns: int = 4) -> bytes:
         return _png(fig)
     cols = min(columns, len(items))
     rows = -(-len(items) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.flat:
+    tile, pic_w, text_h, top = 3.3, 3.1, 0.95, 0.5
+    pic_h = pic_w * 0.75
+    width, height = cols * tile, rows * (pic_h + text_h) + top
+    fig = plt.figure(figsize=(width, height))
+    for k, item in enumerate(items):
+        r, c = divmod(k, cols)
+        bottom = height - top - (r + 1) * (pic_h + text_h)
+        ax = fig.add_axes((c * tile / width, bottom / height, pic_w / width, pic_h / height))
+        ax.imshow(_thumbnail(item.path), aspect="auto")
         ax.axis("off")
-    for ax, item in zip(axes.flat, items, strict=False):
-        ax.imshow(_thumbnail(item.path))
-        lines = textwrap.wrap(f"true: {item.true_name}", 40, subsequent_indent="  ")
-        lines += textwrap.wrap(f"pred: {item.pred_name}", 40, subsequent_indent="  ")
-        lines[-1] += f" ({item.confidence:.0%})"
-        ax.set_title("\n".join(lines), fontsize=9, loc="left")
-    fig.suptitle("Most confident mistakes", fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / (3.2 * rows)))
+        lines = textwrap.wrap(f"true: {item.true_name}", 34, subsequent_indent="  ")
+        pred = f"pred: {item.pred_name} ({item.confidence:.0%})"
+        lines += textwrap.wrap(pred, 34, subsequent_indent="  ")
+        ax.set_title("\n".join(lines[:5]), fontsize=9, loc="left")
+    fig.suptitle("Most confident mistakes", fontsize=12, y=1 - 0.15 / height)
     return _png(fig)

@@ -133,8 +133,9 @@ def render_html(
 <h2>Calibration</h2>
 <p>{html.escape(calib)}</p>
 {_img(figures["reliability"], "reliability diagrams")}
-<p class="note">Bars: accuracy of the images whose top-1 confidence falls in each bin; the diagonal
-is perfect calibration; green: how many images fall in each bin.</p>
+<p class="note">Blue bars: accuracy of the images whose top-1 confidence falls in each bin; the
+diagonal is perfect calibration; hatched red: the gap to the bin's mean confidence (above a bar:
+over-confident, inside it: under-confident); green: how many images fall in each bin.</p>
 <h2>Per-class precision, recall and F1</h2>
 {_class_table(ev)}
 <h2>Confusion matrix</h2>
