@@ -248,3 +248,26 @@ def test_cli_on_a_zip_and_a_run_dir(run_dir, test_upload, tmp_path):
     failed = subprocess.run(bad_cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 2
     assert "error:" in failed.stderr and "Traceback" not in failed.stderr
+
+
+@pytest.mark.slow
+def test_an_onnx_bundle_runs_multiscale_through_torch(net, bundle, test_upload, tmp_path, capsys):
+    """model.onnx takes one input size: TTA at other sizes falls back to torch (auto) or says why."""
+    onnx_export = pytest.importorskip("carclf.export.onnx")
+    from carclf.errors import ModelError
+
+    folder, good, _ = test_upload
+    with_onnx = tmp_path / "bundle"
+    shutil.copytree(bundle, with_onnx)
+    onnx_export.export_onnx(net, _meta(), with_onnx / "model.onnx")
+    clf = Classifier.load(with_onnx)
+    assert clf.backend.name == "onnx"
+    with pytest.raises(ModelError, match="takes 64x64 px only"):
+        clf.tta_preset("multiscale")
+    assert len(clf.tta_preset("hflip")) == 2
+    res = predict(_cfg(model=with_onnx, input=folder, output=tmp_path / "a.csv", tta="multiscale"))
+    assert res.classifier.backend.name == "torch"
+    reference = Classifier.load(bundle).predict_proba(res.items.paths, tta="multiscale")
+    np.testing.assert_allclose(res.probs, reference, atol=1e-5)
+    cfg = _cfg(model=with_onnx, input=folder, output=tmp_path / "b.csv", backend="onnx")
+    assert main(cfg) == 2 and "torch backend" in capsys.readouterr().err

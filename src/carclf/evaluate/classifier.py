@@ -195,7 +195,24 @@ class Classifier:
     def tta_preset(self, policy: str | TTAPreset | None) -> TTAPreset:
         """A TTA preset built on this model's preprocessing contract (size, mean, std, resize)."""
         m = self.meta
-        return tta_preset(policy, size=m.image_size, mean=m.mean, std=m.std, resize=m.resize)
+        preset = tta_preset(policy, size=m.image_size, mean=m.mean, std=m.std, resize=m.resize)
+        return self.check_tta(preset)
+
+    def check_tta(self, preset: TTAPreset) -> TTAPreset:
+        """``preset`` if the backend can run all its views, else a ModelError saying why.
+
+        An exported ONNX model takes one input size only, so views at other scales (multiscale)
+        need the PyTorch backend; failing here beats failing after the first batch.
+        """
+        fixed = getattr(self.backend, "input_size", None)
+        sizes = sorted({t.size for t in preset.transforms})
+        if fixed and any((s, s) != tuple(fixed) for s in sizes):
+            raise ModelError(
+                f"TTA {preset.name!r} needs {sizes} px views, but the {self.backend.name} model "
+                f"takes {fixed[0]}x{fixed[1]} px only; use a policy at the model's size (none, "
+                "hflip, multicrop) or the torch backend"
+            )
+        return preset
 
     def preprocess(self, image) -> torch.Tensor:
         return self.preset(self.decode(image))

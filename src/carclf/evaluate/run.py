@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from carclf.data.tta import TTAPreset, merge_views
-from carclf.errors import CarclfError
+from carclf.errors import CarclfError, ModelError
 from carclf.evaluate.classifier import Classifier
 from carclf.evaluate.config import ConfigError
 from carclf.evaluate.evaluation import score
@@ -61,17 +61,28 @@ def build_tta(spec, classifier: Classifier) -> TTAPreset:
     if spec is None or isinstance(spec, (str, TTAPreset)):
         return classifier.tta_preset(spec)
     try:
-        return instantiate(
+        preset = instantiate(
             spec, size=m.image_size, mean=list(m.mean), std=list(m.std), resize=m.resize
         )
     except (InstantiationException, TypeError, ValueError) as e:
         cause = e.__cause__ or e
         raise ConfigError(f"tta: cannot build the TTA preset ({cause})") from None
+    return classifier.check_tta(preset)
 
 
-def load_classifier(cfg: DictConfig) -> Classifier:
+def load_classifier(cfg: DictConfig) -> tuple[Classifier, TTAPreset]:
+    """The model and its TTA preset. With ``backend=auto``, a policy the exported ONNX model
+    cannot run (views of another size) switches to the PyTorch backend instead of failing."""
     device = None if cfg.device == "auto" else cfg.device
-    return Classifier.load(cfg.model, device=device, backend=cfg.backend)
+    clf = Classifier.load(cfg.model, device=device, backend=cfg.backend)
+    try:
+        return clf, build_tta(cfg.tta, clf)
+    except ModelError as e:
+        if cfg.backend != "auto" or clf.backend.name == "torch":
+            raise
+        log.info("%s: using the PyTorch backend", e)
+        clf = Classifier.load(cfg.model, device=device, backend="torch")
+        return clf, build_tta(cfg.tta, clf)
 
 
 def _log_errors(items: InputSet, errors: dict[int, str]) -> None:
@@ -100,8 +111,7 @@ def _submission(cfg, items: InputSet, predicted: dict, fallback) -> tuple[pd.Dat
 
 def predict(cfg: DictConfig) -> PredictResult:
     """Predict every input image; write the submission and the top-k CSV."""
-    clf = load_classifier(cfg)
-    tta = build_tta(cfg.tta, clf)
+    clf, tta = load_classifier(cfg)
     m = clf.meta
     match = LabelMatcher(m.label_values, m.class_names, m.class_names_local)
     if cfg.labels and not cfg.evaluate:
