@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-import pandas as pd
 
 from carclf.data.images import is_image_name
 from carclf.data.layouts import (
@@ -200,8 +199,3 @@ def collect_inputs(
     if not len(items):
         raise DataError(f"{source}: no images found (extensions: jpg, jpeg, png, webp, bmp, ...)")
     return items
-
-
-def label_frame(items: InputSet) -> pd.DataFrame:
-    """Ids and paths as a frame (the first columns of the top-k CSV)."""
-    return pd.DataFrame({"Id": items.ids, "path": items.paths})
