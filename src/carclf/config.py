@@ -102,6 +102,9 @@ class TrainConfig:
     resume: str | None = None  # a run dir to continue (kill -9 safe)
     bundle_fp16: bool = False  # store the bundle's weights in fp16 (half the size)
     fit_temperature: bool = True  # temperature scaling on the validation split
+    # T is fitted on the validation logits merged as predict.py merges them by default (TTA
+    # changes the logit scale); "none" fits it on single-view logits.
+    calibration_tta: str = "multiscale"
     max_cache_mb: int = 2048  # feature caches above this spill to disk in the run dir
 
 

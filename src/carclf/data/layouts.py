@@ -76,18 +76,18 @@ class DatasetIndex:
         )
 
 
-def _natural_key(s: str):
+def natural_key(s: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(s))]
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def read_table(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as e:  # pandas raises many types for malformed CSVs
         raise DataError(f"{path}: cannot read CSV ({e})") from None
 
 
-def _pick_column(df: pd.DataFrame, candidates, what: str, source: Path) -> str:
+def pick_column(df: pd.DataFrame, candidates, what: str, source: Path) -> str:
     for c in candidates:
         if c in df.columns:
             return c
@@ -98,7 +98,7 @@ def _pick_column(df: pd.DataFrame, candidates, what: str, source: Path) -> str:
 
 def _encode_labels(raw: pd.Series) -> tuple[pd.Series, list]:
     """Map source labels to 0..K-1, numeric labels in numeric order, names in natural order."""
-    values = sorted(raw.unique(), key=_natural_key)
+    values = sorted(raw.unique(), key=natural_key)
     if all(re.fullmatch(r"-?\d+", v) for v in values):
         values = sorted(values, key=int)
         ints = [int(v) for v in values]
@@ -108,10 +108,10 @@ def _encode_labels(raw: pd.Series) -> tuple[pd.Series, list]:
     return raw.map(mapping).astype(int), list(values)
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
     return sorted(
         (p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name)),
-        key=lambda p: _natural_key(p.name),
+        key=lambda p: natural_key(p.name),
     )
 
 
@@ -128,9 +128,9 @@ def _class_names(
         return [names[int(v)][0] for v in label_values], [names[int(v)][1] for v in label_values]
     csv = Path(class_map) if class_map.endswith(".csv") else root / "classes.csv"
     if class_map != "none" and csv.is_file():
-        df = _read_csv(csv)
-        key = _pick_column(df, ("Category", "category", "label", "id", "class_id"), "class id", csv)
-        name = _pick_column(df, ("name", "class_name", "Name"), "class name", csv)
+        df = read_table(csv)
+        key = pick_column(df, ("Category", "category", "label", "id", "class_id"), "class id", csv)
+        name = pick_column(df, ("name", "class_name", "Name"), "class name", csv)
         table = dict(zip(df[key], df[name], strict=True))
         return [table.get(str(v), str(v)) for v in label_values], None
     if (
@@ -151,14 +151,14 @@ def _test_frame(root: Path) -> tuple[pd.DataFrame, Path | None]:
     test_dir = next((root / d for d in TEST_DIRS if (root / d).is_dir()), None)
     sample = next((root / s for s in SAMPLE_SUBMISSIONS if (root / s).is_file()), None)
     if sample is not None:
-        df = _read_csv(sample)
-        id_col = _pick_column(df, ("Id", "id", "ID", "image", "filename"), "id", sample)
+        df = read_table(sample)
+        id_col = pick_column(df, ("Id", "id", "ID", "image", "filename"), "id", sample)
         ids = df[id_col].tolist()
         folder = test_dir or root
         return pd.DataFrame({"id": ids, "path": [str(folder / i) for i in ids]}), sample
     if test_dir is None:
         return pd.DataFrame({"id": [], "path": []}), None
-    files = _list_images(test_dir)
+    files = list_images(test_dir)
     return pd.DataFrame(
         {"id": [str(p.relative_to(test_dir)) for p in files], "path": [str(p) for p in files]}
     ), None
@@ -167,9 +167,9 @@ def _test_frame(root: Path) -> tuple[pd.DataFrame, Path | None]:
 def read_kaggle(root: Path, class_map: str = "auto") -> DatasetIndex:
     """train.csv (Id,Category) + train/<Category>/<Id>; test_upload/ + sample-submission.csv."""
     csv = root / "train.csv"
-    df = _read_csv(csv)
-    id_col = _pick_column(df, ("Id", "id", "ID", "image", "filename"), "id", csv)
-    label_col = _pick_column(df, LABEL_COLUMNS, "label", csv)
+    df = read_table(csv)
+    id_col = pick_column(df, ("Id", "id", "ID", "image", "filename"), "id", csv)
+    label_col = pick_column(df, LABEL_COLUMNS, "label", csv)
     if df.empty:
         raise DataError(f"{csv}: no rows")
     train_dir = root / "train"
@@ -184,7 +184,7 @@ def read_kaggle(root: Path, class_map: str = "auto") -> DatasetIndex:
     exists = train["path"].map(lambda p: Path(p).is_file())
     missing = train.loc[~exists, "path"].tolist()
     listed = set(train["path"])
-    unlisted = [str(p) for p in _list_images(train_dir)] if train_dir.is_dir() else []
+    unlisted = [str(p) for p in list_images(train_dir)] if train_dir.is_dir() else []
     unlisted = [p for p in unlisted if p not in listed]
     test, sample = _test_frame(root)
     names, local = _class_names(root, label_values, class_map)
@@ -211,9 +211,9 @@ def read_folders(root: Path, class_map: str = "auto") -> DatasetIndex:
             for d in base.iterdir()
             if d.is_dir() and d.name not in TEST_DIRS and not d.name.startswith(".")
         ),
-        key=lambda d: _natural_key(d.name),
+        key=lambda d: natural_key(d.name),
     )
-    rows = [(str(p.relative_to(base)), str(p), d.name) for d in class_dirs for p in _list_images(d)]
+    rows = [(str(p.relative_to(base)), str(p), d.name) for d in class_dirs for p in list_images(d)]
     if not rows:
         raise DataError(
             f"{root}: no images found in class folders (expected {base}/<class name>/<image>)"
@@ -228,11 +228,11 @@ def read_folders(root: Path, class_map: str = "auto") -> DatasetIndex:
 
 def read_csv_list(csv: Path, class_map: str = "auto") -> DatasetIndex:
     """A CSV with a path column and a label column; relative paths are relative to the CSV."""
-    df = _read_csv(csv)
+    df = read_table(csv)
     if df.empty:
         raise DataError(f"{csv}: no rows")
-    path_col = _pick_column(df, PATH_COLUMNS, "path", csv)
-    label_col = _pick_column(df, LABEL_COLUMNS, "label", csv)
+    path_col = pick_column(df, PATH_COLUMNS, "path", csv)
+    label_col = pick_column(df, LABEL_COLUMNS, "label", csv)
     root = csv.parent
     paths = [str(p if Path(p).is_absolute() else root / p) for p in df[path_col]]
     labels, label_values = _encode_labels(df[label_col])

@@ -28,12 +28,12 @@ from carclf.data.images import is_image_name
 from carclf.data.layouts import (
     LABEL_COLUMNS,
     PATH_COLUMNS,
-    _list_images,
-    _natural_key,
-    _pick_column,
-    _read_csv,
+    list_images,
+    natural_key,
+    pick_column,
     read_folders,
     read_kaggle,
+    read_table,
     resolve,
 )
 from carclf.errors import DataError
@@ -88,8 +88,8 @@ class LabelMatcher:
 def _folder_images(folder: Path) -> tuple[list[str], list[str]]:
     """Every image below ``folder``, ordered by relative path (natural order: 9 before 10)."""
     ids = sorted(
-        (PurePosixPath(p.relative_to(folder)).as_posix() for p in _list_images(folder)),
-        key=_natural_key,
+        (PurePosixPath(p.relative_to(folder)).as_posix() for p in list_images(folder)),
+        key=natural_key,
     )
     return ids, [str(folder / i) for i in ids]
 
@@ -111,8 +111,8 @@ def _labelled_dataset(root: Path, match: LabelMatcher) -> InputSet:
 
 def _unlabelled(p: Path) -> InputSet:
     if p.is_file() and p.suffix.lower() == ".csv":
-        df = _read_csv(p)
-        col = _pick_column(df, PATH_COLUMNS, "path", p)
+        df = read_table(p)
+        col = pick_column(df, PATH_COLUMNS, "path", p)
         paths = [str(q if Path(q).is_absolute() else p.parent / q) for q in df[col]]
         return InputSet(df[col].tolist(), paths, source=str(p))
     if p.is_file():
@@ -137,9 +137,9 @@ def read_labels_csv(path: str | Path) -> dict[str, str]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: labels CSV not found")
-    df = _read_csv(path)
-    id_col = _pick_column(df, ID_COLUMNS, "id", path)
-    label_col = _pick_column(df, LABEL_COLUMNS, "label", path)
+    df = read_table(path)
+    id_col = pick_column(df, ID_COLUMNS, "id", path)
+    label_col = pick_column(df, LABEL_COLUMNS, "label", path)
     return dict(zip(df[id_col], df[label_col], strict=True))
 
 
@@ -184,8 +184,8 @@ def collect_inputs(
         return _attach_labels(items, labels_csv, match)
     if labelled:
         if p.is_file() and p.suffix.lower() == ".csv":
-            df = _read_csv(p)
-            label_col = _pick_column(df, LABEL_COLUMNS, "label", p)
+            df = read_table(p)
+            label_col = pick_column(df, LABEL_COLUMNS, "label", p)
             items = _unlabelled(p)
             items.labels = match(df[label_col].tolist(), str(p))
             return items

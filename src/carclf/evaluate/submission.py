@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from carclf.data.layouts import _pick_column, _read_csv
+from carclf.data.layouts import pick_column, read_table
 from carclf.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,8 @@ def read_sample_submission(path: str | Path) -> pd.DataFrame:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: sample submission not found")
-    df = _read_csv(path)
-    _pick_column(df, ("Id", "id", "ID", "image", "filename"), "id", path)
+    df = read_table(path)
+    pick_column(df, ("Id", "id", "ID", "image", "filename"), "id", path)
     if df.shape[1] < 2:
         raise DataError(f"{path}: expected two columns (id, class), found {list(df.columns)}")
     if df.iloc[:, 0].duplicated().any():

@@ -268,9 +268,7 @@ def finish(
         # With no validation mistakes the NLL-optimal temperature runs off to ~0 (certainty);
         # that is an artefact of a small or easy split, not calibration, so keep T=1 then.
         if cfg.fit_temperature and metrics["val_acc"] < 1.0:
-            from carclf.evaluate.calibration import fit_temperature
-
-            meta.temperature = float(fit_temperature(logits, labels))
+            meta.temperature = fit_val_temperature(net, meta, dm, cfg.calibration_tta)
             metrics["temperature"] = meta.temperature
     meta.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     save_bundle(net, meta, run_dir / "bundle", fp16=cfg.bundle_fp16)
@@ -290,6 +288,22 @@ def finish(
         flush=True,
     )
     return metrics
+
+
+def fit_val_temperature(net, meta: BundleMeta, dm: CarDataModule, policy: str) -> float:
+    """Temperature minimising validation NLL of the logits as ``policy`` TTA merges them."""
+    from carclf.evaluate.calibration import fit_temperature
+    from carclf.evaluate.classifier import Classifier
+    from carclf.evaluate.inference import loader_logits
+
+    loader = dm.tta_dataloader(None if policy == "none" else policy, "val")
+    views = len(loader.dataset.transform)
+    logits, seen = loader_logits(
+        Classifier(net, meta, device="cpu"), loader, len(dm.val_idx), views
+    )
+    labels = dm.rows("val")["label"].to_numpy()
+    merged = logits[seen].mean(1)  # logit averaging, predict.py's default merge
+    return float(fit_temperature(merged, labels[seen]))
 
 
 @torch.inference_mode()
