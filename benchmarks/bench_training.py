@@ -135,7 +135,9 @@ def fastai_fine_tune(data: Path, budget_s: float) -> dict:
     paths, truth = test_truth(data)
     test_dl = dls.test_dl(pd.DataFrame({"path": paths, "label": "0"}))
     preds, _ = learn.get_preds(dl=test_dl)
-    acc = float((preds.argmax(1).numpy() == truth).mean())
+    # fastai's vocab holds the labels as sorted strings ("0", "1", "10", ...): map back to ints.
+    predicted = np.array([int(dls.vocab[i]) for i in preds.argmax(1).numpy()])
+    acc = float((predicted == truth).mean())
     return {
         "method": "fastai fine_tune (Lite0, all layers after 1 frozen epoch)",
         "test_acc": acc,
