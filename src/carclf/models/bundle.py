@@ -125,7 +125,3 @@ def load_bundle(folder: str | os.PathLike) -> tuple[CarNet, BundleMeta]:
             f"{folder / WEIGHTS}: weights do not match backbone {meta.backbone!r} ({e})"
         ) from None
     return net.eval(), meta
-
-
-def state_dict_fp32(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.float() if v.is_floating_point() else v for k, v in net.state_dict().items()}
