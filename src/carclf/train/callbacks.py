@@ -57,13 +57,11 @@ class StagedFinetuning(pl.Callback):
         layer_decay: float | None = None,
         max_cache_mb: int = 2048,
         cache_dir: str | Path | None = None,
-        num_workers: int = 2,
     ):
         self.stages = stages
         self.layer_decay = layer_decay
         self.max_cache_mb = max_cache_mb
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.num_workers = num_workers
         self.applied: int | None = None  # stage whose freezing and data settings are in place
         self.optim_stage: int | None = None  # stage the current optimizer was built for
         self.restored_stage: int | None = None
@@ -141,7 +139,7 @@ class StagedFinetuning(pl.Callback):
         )
         dm.loader_overrides.clear()
         pl_module.input_start = 0
-        cut = self._cache_cut(stage, trainer, pl_module)
+        cut = self._cache_cut(stage, pl_module)
         if cut:
             self._install_cache(stage, cut, trainer, pl_module)
         self.applied = stage.index
@@ -162,7 +160,7 @@ class StagedFinetuning(pl.Callback):
         )
 
     # -- the feature cache --------------------------------------------------------------------
-    def _cacheable(self, stage: Stage, trainer, pl_module) -> bool:
+    def _cacheable(self, stage: Stage, pl_module) -> bool:
         net = pl_module.net
         if (
             stage.cache == "off"
@@ -173,10 +171,10 @@ class StagedFinetuning(pl.Callback):
             return False
         return stage.cache == "on" or pl_module.device.type == "cpu"
 
-    def _cache_cut(self, stage: Stage, trainer, pl_module) -> int:
+    def _cache_cut(self, stage: Stage, pl_module) -> int:
         """Where to cut: the smallest frozen prefix among this and the following stages that can
         share one cache (same size, views and augmentation), so one cache serves them all."""
-        if not self._cacheable(stage, trainer, pl_module):
+        if not self._cacheable(stage, pl_module):
             return 0
         n = pl_module.net.num_groups
         cut = stage.cut(n)
@@ -186,7 +184,7 @@ class StagedFinetuning(pl.Callback):
                 stage.augment_strength,
                 stage.cache_views,
             )
-            if not same or not self._cacheable(nxt, trainer, pl_module):
+            if not same or not self._cacheable(nxt, pl_module):
                 break
             cut = min(cut, nxt.cut(n))
         return cut

@@ -177,7 +177,6 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
         layer_decay=m.layer_decay,
         max_cache_mb=cfg.max_cache_mb,
         cache_dir=run_dir / "cache",
-        num_workers=d.num_workers,
     )
     has_val = len(dm.val_idx) > 0
     ckpt_cb = ModelCheckpoint(
