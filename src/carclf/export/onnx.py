@@ -70,16 +70,21 @@ def _atomic_target(path: Path) -> Path:
     return Path(tmp)
 
 
+def _put_metadata(model, props: dict[str, str]) -> None:
+    """Make ``props`` the metadata_props of a loaded ONNX model (replacing any there)."""
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
 def set_metadata(onnx_path: str | os.PathLike, props: dict[str, str]) -> None:
     """Replace the metadata_props of an ONNX file in place (atomically)."""
     import onnx
 
     path = Path(onnx_path)
     model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    _put_metadata(model, props)
     tmp = _atomic_target(path)
     try:
         onnx.save(model, str(tmp))
@@ -155,9 +160,7 @@ def export_onnx(net: CarNet, meta: BundleMeta, path: str | os.PathLike, opset: i
         model = onnx.load(str(tmp))
         onnx.checker.check_model(model)
         model.doc_string = f"carclf {meta.backbone} classifier, {meta.num_classes} classes"
-        for key, value in onnx_metadata(meta).items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
+        _put_metadata(model, onnx_metadata(meta))
         onnx.save(model, str(tmp))
         os.replace(tmp, path)
     except ModelError:
