@@ -102,6 +102,7 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
         ("data.batch_size=abc", "data.batch_size"),
         ("stages.head.scheduler=cosin", "stages.head.scheduler"),
         ("stages.head.colour=1", "colour"),
+        ("calibration_tta=multiscal", "calibration_tta"),
     ],
 )
 def test_config_errors_name_the_key(override, needle, synthetic, tmp_path):

@@ -25,6 +25,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from carclf.data.check import check_index
 from carclf.data.datamodule import CarDataModule
 from carclf.data.layouts import read_dataset
+from carclf.data.tta import TTA_PRESETS
 from carclf.errors import CarclfError
 from carclf.models.bundle import BundleMeta, save_bundle
 from carclf.models.module import CarClassifier
@@ -127,6 +128,11 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
     torch.set_float32_matmul_precision("high")
 
     d, m = cfg.data, cfg.model
+    # A bad calibration policy would only surface after training: check it first.
+    if cfg.fit_temperature and cfg.calibration_tta not in TTA_PRESETS:
+        raise CarclfError(
+            f"calibration_tta={cfg.calibration_tta!r}: choose one of {sorted(TTA_PRESETS)}"
+        )
     index = read_dataset(d.path, layout=d.layout, class_map=d.class_map)
     bad = run_data_check(index, run_dir, d.check)
     mean, std = normalization(m.backbone)
@@ -295,7 +301,7 @@ def fit_val_temperature(net, meta: BundleMeta, dm: CarDataModule, policy: str) -
     from carclf.evaluate.classifier import Classifier
     from carclf.evaluate.inference import loader_logits
 
-    loader = dm.tta_dataloader(None if policy == "none" else policy, "val")
+    loader = dm.tta_dataloader(policy, "val")
     views = len(loader.dataset.transform)
     logits, seen = loader_logits(
         Classifier(net, meta, device="cpu"), loader, len(dm.val_idx), views
