@@ -10,7 +10,7 @@ DEMO := outputs/demo
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,batch,tune,doctor]"
 	touch $(STAMP)
 
 venv: $(STAMP)
