@@ -29,9 +29,15 @@ import torch
 from carclf.data.images import load_rgb
 from carclf.data.layouts import read_dataset
 from carclf.data.presets import EvalPreset
-from carclf.export.onnx import INT8_FILE, ONNX_FILE, export_onnx, onnx_logits, torch_logits
+from carclf.export.onnx import export_onnx, onnx_logits, torch_logits
 from carclf.export.quantize import quantize_int8
-from carclf.export.runtime import OnnxBackend, available_cpus, default_threads
+from carclf.inference.onnx_backend import (
+    INT8_FILE,
+    ONNX_FILE,
+    OnnxBackend,
+    available_cpus,
+    default_threads,
+)
 from carclf.models.bundle import BundleMeta, load_bundle, read_meta, save_bundle
 from carclf.models.factory import build_net
 

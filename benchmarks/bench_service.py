@@ -29,8 +29,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from carclf.export.onnx import INT8_FILE, ONNX_FILE
-from carclf.export.runtime import OnnxBackend, default_threads
+from carclf.inference.onnx_backend import INT8_FILE, ONNX_FILE, OnnxBackend, default_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -37,10 +37,10 @@ from omegaconf import OmegaConf
 from carclf.data.datamodule import CarDataModule
 from carclf.data.tta import TTAPreset, merge_views
 from carclf.evaluate.calibration import expected_calibration_error, fit_temperature
-from carclf.evaluate.classifier import Classifier, find_model
-from carclf.evaluate.inference import infer_paths
 from carclf.evaluate.inputs import LabelMatcher, collect_inputs
 from carclf.evaluate.metrics import accuracy, top_k_accuracy
+from carclf.inference import Classifier, find_model
+from carclf.inference.files import infer_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "outputs/bench/quick"

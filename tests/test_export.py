@@ -21,10 +21,10 @@ from test_serve_helpers import (
 )
 
 from carclf.errors import ModelError
-from carclf.evaluate.classifier import Classifier
-from carclf.export import INT8_FILE, ONNX_FILE, OnnxBackend, export_model
+from carclf.export import INT8_FILE, ONNX_FILE, export_model
 from carclf.export.__main__ import main
-from carclf.export.runtime import THREADS_ENV
+from carclf.inference import Classifier, OnnxBackend
+from carclf.inference.onnx_backend import THREADS_ENV
 from carclf.models.bundle import is_bundle, read_meta
 
 

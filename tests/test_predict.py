@@ -20,11 +20,11 @@ from hydra import compose, initialize
 from PIL import Image
 
 from carclf.data.classmaps import SFDL_CLASSES
-from carclf.evaluate.classifier import Classifier
 from carclf.evaluate.config import register_configs
-from carclf.evaluate.inference import infer_paths
 from carclf.evaluate.run import evaluate, main, predict
 from carclf.evaluate.submission import read_sample_submission, submission_frame, write_csv
+from carclf.inference import Classifier
+from carclf.inference.files import infer_paths
 from carclf.models import build_net
 from carclf.models.bundle import BundleMeta, save_bundle
 

@@ -22,8 +22,7 @@ from test_serve_helpers import (
     tiny_bundle,
 )
 
-from carclf.evaluate.classifier import Classifier
-from carclf.export import OnnxBackend
+from carclf.inference import Classifier, OnnxBackend
 from carclf.serve import create_app
 
 

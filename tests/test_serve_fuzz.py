@@ -15,7 +15,7 @@ from schemathesis.checks import (
 )
 from test_serve_helpers import ServerProcess, tiny_bundle, tiny_meta
 
-from carclf.evaluate.classifier import Classifier
+from carclf.inference import Classifier
 from carclf.serve import create_app
 
 

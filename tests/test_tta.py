@@ -28,7 +28,7 @@ from carclf.data.tta import (
     merge_views,
     tta_preset,
 )
-from carclf.evaluate.inference import loader_logits
+from carclf.inference.files import loader_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 NORM = {"mean": [0.5] * 3, "std": [0.5] * 3}

@@ -8,7 +8,7 @@ __all__ = ["Classifier", "__version__"]
 def __getattr__(name):
     # Lazy: `import carclf` stays cheap (no torch import) for the CLI tools that do not need it.
     if name == "Classifier":
-        from carclf.evaluate.classifier import Classifier
+        from carclf.inference.classifier import Classifier
 
         return Classifier
     raise AttributeError(name)

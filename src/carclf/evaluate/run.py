@@ -23,10 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from carclf.data.tta import TTAPreset, merge_views
 from carclf.errors import CarclfError, ModelError
-from carclf.evaluate.classifier import Classifier
 from carclf.evaluate.config import ConfigError
 from carclf.evaluate.evaluation import score
-from carclf.evaluate.inference import ViewLogits, infer_paths
 from carclf.evaluate.inputs import InputSet, LabelMatcher, collect_inputs
 from carclf.evaluate.report import write_report
 from carclf.evaluate.submission import (
@@ -37,6 +35,8 @@ from carclf.evaluate.submission import (
     topk_path,
     write_csv,
 )
+from carclf.inference.classifier import Classifier
+from carclf.inference.files import ViewLogits, infer_paths
 
 log = logging.getLogger(__name__)
 

@@ -4,16 +4,15 @@
 on :meth:`carclf.Classifier.load` runs it with ONNX Runtime on the CPU.
 """
 
-from carclf.export.onnx import INT8_FILE, ONNX_FILE, export_onnx, onnx_metadata, validate_onnx
+from carclf.export.onnx import export_onnx, onnx_metadata, validate_onnx
 from carclf.export.pipeline import ExportReport, export_model
 from carclf.export.quantize import quantize_int8
-from carclf.export.runtime import OnnxBackend
+from carclf.inference.onnx_backend import INT8_FILE, ONNX_FILE
 
 __all__ = [
     "INT8_FILE",
     "ONNX_FILE",
     "ExportReport",
-    "OnnxBackend",
     "export_model",
     "export_onnx",
     "onnx_metadata",

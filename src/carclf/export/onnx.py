@@ -28,14 +28,13 @@ import numpy as np
 import torch
 
 from carclf.errors import ModelError
+from carclf.inference.onnx_backend import OnnxBackend
 from carclf.models.bundle import BundleMeta
 from carclf.models.network import CarNet
 
 OPSET = 17
 INPUT = "input"
 OUTPUT = "logits"
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
 # Where exported logits may differ from PyTorch's: fp32 kernels differ in summation order only.
 FP32_TOLERANCE = 1e-3
 
@@ -211,8 +210,6 @@ def torch_logits(net: CarNet, batch: torch.Tensor, batch_size: int = 32) -> np.n
 
 
 def onnx_logits(onnx_path: str | os.PathLike, batch: torch.Tensor, batch_size: int = 32):
-    from carclf.export.runtime import OnnxBackend
-
     backend = OnnxBackend(onnx_path)
     return np.concatenate(
         [backend(batch[i : i + batch_size]).numpy() for i in range(0, len(batch), batch_size)]

@@ -16,11 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from carclf.errors import ModelError
-from carclf.evaluate.classifier import find_model, load_checkpoint_net
 from carclf.export.onnx import (
     FP32_TOLERANCE,
-    INT8_FILE,
-    ONNX_FILE,
     OPSET,
     Parity,
     compare_logits,
@@ -30,6 +27,8 @@ from carclf.export.onnx import (
 )
 from carclf.export.quantize import quantize_int8
 from carclf.export.samples import list_images, photo_batch, synthetic_batch
+from carclf.inference.loading import find_model, load_checkpoint_net
+from carclf.inference.onnx_backend import INT8_FILE, ONNX_FILE
 from carclf.models.bundle import BundleMeta, is_bundle, load_bundle, save_bundle
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from carclf import __version__
-from carclf.evaluate.classifier import Classifier, find_model
+from carclf.inference import Classifier, find_model
 from carclf.serve.engine import Engine, elapsed_ms
 from carclf.serve.errors import ApiError, install_error_handlers
 from carclf.serve.limits import Limits

@@ -22,7 +22,7 @@ import torch
 
 from carclf.data.images import load_rgb
 from carclf.errors import ImageDecodeError
-from carclf.evaluate.classifier import Classifier
+from carclf.inference import Classifier
 from carclf.serve.batcher import MicroBatcher, QueueFull
 from carclf.serve.errors import ApiError
 from carclf.serve.limits import Limits

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from carclf.export.runtime import available_cpus
+from carclf.inference.onnx_backend import available_cpus
 
 MiB = 2**20
 

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 
-from carclf.evaluate.classifier import Classifier, find_model
+from carclf.inference import Classifier, find_model
 from carclf.serve.engine import Engine
 from carclf.serve.errors import ApiError
 from carclf.serve.limits import Limits
@@ -52,7 +52,7 @@ def load_classifier(model: str | os.PathLike, backend: str = "auto") -> Classifi
     if backend != "int8":
         return Classifier.load(model, device="cpu", backend=backend)
     from carclf.errors import ModelError
-    from carclf.export.runtime import OnnxBackend
+    from carclf.inference.onnx_backend import OnnxBackend
     from carclf.models.bundle import read_meta
 
     target = find_model(model)

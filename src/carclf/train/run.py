@@ -298,8 +298,8 @@ def finish(
 def fit_val_temperature(net, meta: BundleMeta, dm: CarDataModule, policy: str) -> float:
     """Temperature minimising validation NLL of the logits as ``policy`` TTA merges them."""
     from carclf.evaluate.calibration import fit_temperature
-    from carclf.evaluate.classifier import Classifier
-    from carclf.evaluate.inference import loader_logits
+    from carclf.inference.classifier import Classifier
+    from carclf.inference.files import loader_logits
 
     loader = dm.tta_dataloader(policy, "val")
     views = len(loader.dataset.transform)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +23,10 @@ from carclf.data.images import MAX_PIXELS, load_rgb
 from carclf.data.presets import EvalPreset
 from carclf.data.tta import TTAPreset, merge_views, tta_preset
 from carclf.errors import ImageDecodeError, ModelError
-from carclf.models.bundle import BundleMeta, is_bundle, load_bundle
+from carclf.inference.loading import find_model, load_checkpoint_net
+from carclf.inference.onnx_backend import ONNX_FILE, OnnxBackend
+from carclf.inference.torch_backend import TorchBackend
+from carclf.models.bundle import BundleMeta, load_bundle, read_meta
 from carclf.models.network import CarNet
 
 
@@ -52,64 +54,11 @@ class Prediction:
         return asdict(self)
 
 
-def find_model(path: str | os.PathLike) -> Path:
-    """The bundle or checkpoint that ``path`` (bundle, run dir, or checkpoint) stands for."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ModelError(
-            f"{p}: no such model (expected a bundle folder, a run folder or a .ckpt file)"
-        )
-    if p.is_file():
-        return p
-    if is_bundle(p):
-        return p
-    if is_bundle(p / "bundle"):
-        return p / "bundle"
-    for ckpt in (p / "checkpoints" / "best.ckpt", p / "checkpoints" / "last.ckpt"):
-        if ckpt.is_file():
-            return ckpt
-    raise ModelError(f"{p}: no bundle/ and no checkpoints/best.ckpt or last.ckpt in this folder")
-
-
-def load_checkpoint_net(path: Path) -> tuple[CarNet, BundleMeta]:
-    """Network and metadata from a Lightning checkpoint written by carclf's training."""
-    from carclf.models.factory import build_net
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ModelError(f"{path}: cannot read checkpoint ({e})") from None
-    hp = ckpt.get("hyper_parameters", {})
-    if "meta" not in hp:
-        raise ModelError(
-            f"{path}: not a carclf checkpoint (no model metadata in its hyper-parameters)"
-        )
-    meta = BundleMeta.from_dict(hp["meta"])
-    net = build_net(meta.backbone, meta.num_classes, weights="none", head=meta.head)
-    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict(state, strict=True)
-    return net.eval(), meta
-
-
-class TorchBackend:
-    """Logits from the PyTorch network (eager)."""
-
-    name = "torch"
-
-    def __init__(self, net: CarNet, device: torch.device):
-        self.net = net.to(device).eval()
-        self.device = device
-
-    @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.net(batch.to(self.device)).float().cpu()
-
-
 class Classifier:
     """A trained car classifier with its preprocessing contract.
 
     ``backend`` turns a preprocessed batch into logits: PyTorch by default, ONNX Runtime when the
-    bundle holds an exported ``model.onnx`` (see :mod:`carclf.export`). ``tta`` is the default
+    bundle holds an exported ``model.onnx`` (written by :mod:`carclf.export`). ``tta`` is the default
     test-time augmentation policy (None: the eval view only); ``predict`` may override it.
     """
 
@@ -151,12 +100,9 @@ class Classifier:
         """
         target = find_model(path)
         if target.is_dir() and backend in ("auto", "onnx"):
-            onnx_path = target / "model.onnx"
+            onnx_path = target / ONNX_FILE
             on_cpu = (device or "cpu") == "cpu" or not torch.cuda.is_available()
             if onnx_path.is_file() and (backend == "onnx" or on_cpu):
-                from carclf.export.runtime import OnnxBackend
-                from carclf.models.bundle import read_meta
-
                 meta = read_meta(target)
                 return cls(None, meta, "cpu", temperature, backend=OnnxBackend(onnx_path), tta=tta)
             if backend == "onnx":

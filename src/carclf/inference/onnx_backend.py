@@ -22,6 +22,8 @@ import torch
 
 from carclf.errors import ModelError
 
+ONNX_FILE = "model.onnx"  # the fp32 export inside a bundle
+INT8_FILE = "model.int8.onnx"  # its int8 version, when one was kept
 THREADS_ENV = "CARCLF_ORT_THREADS"
 MAX_DEFAULT_THREADS = 8
 
@@ -64,7 +66,7 @@ class OnnxBackend:
     """Logits (float32, CPU) for a preprocessed batch (N, 3, H, W), from an ONNX model file.
 
     Args:
-        onnx_path: an ONNX model written by :func:`carclf.export.export_onnx` (fp32 or int8).
+        onnx_path: an ONNX model written by ``carclf.export.export_onnx`` (fp32 or int8).
         threads: intra-op threads; default: see the module docstring.
     """
 
