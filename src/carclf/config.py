@@ -31,6 +31,10 @@ class DataConfig:
     resize: str = "squash"  # squash (whole car) | crop (shorter side + centre crop)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     check: bool = True  # run the data check first; unreadable files are skipped
+    # Extra labelled sets (folders, zips, CSVs; carclf.data.extra): training split only.
+    extra: list[str] = field(default_factory=list)
+    extra_class_map: str | None = None  # CSV (their,ours) or YAML mapping; None: match labels
+    extra_weight: float = 1.0  # loss weight of each extra photo
 
 
 @dataclass

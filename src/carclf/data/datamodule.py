@@ -13,10 +13,12 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from carclf.data.dataset import CarDataset, skip_none_collate
+from carclf.data.extra import ExtraData
 from carclf.data.layouts import DatasetIndex, read_dataset
 from carclf.data.presets import AugmentConfig, EvalPreset, TrainPreset
 from carclf.data.split import fold_split, stratified_split
@@ -45,6 +47,7 @@ class CarDataModule(pl.LightningDataModule):
         resize: str = "squash",
         augment: AugmentConfig | dict | None = None,
         bad_files=(),
+        extra: ExtraData | None = None,
     ):
         super().__init__()
         if index is None and path is None:
@@ -67,6 +70,16 @@ class CarDataModule(pl.LightningDataModule):
             self.train_idx, self.val_idx = fold_split(labels, fold, num_folds, seed)
         else:
             self.train_idx, self.val_idx = stratified_split(labels, val_fraction, seed)
+        # Extra training rows (data.extra, distillation's unlabelled photos): never in validation.
+        self.extra_rows = pd.DataFrame(columns=["id", "path", "label", "weight"])
+        # Per training row: soft targets (probabilities, NaN rows = none) and the share of the loss
+        # they take (alpha); set by soft pseudo-labels or a distillation teacher.
+        self.soft_targets: np.ndarray | None = None
+        self.soft_alpha: np.ndarray | None = None
+        self.soft_temperature = 1.0
+        if extra is not None:
+            extra.remove_leaks(self.rows("val"), self.index.test, self.rows("train"))
+            self.add_train_rows(extra.rows, extra.soft)
         self.loader_overrides: dict[str, Callable[[], DataLoader]] = {}
         self.before_loader: Callable[[], None] | None = None
 
@@ -83,6 +96,9 @@ class CarDataModule(pl.LightningDataModule):
         """The index rows of ``train``, ``val``, ``all`` (train+val) or ``test``."""
         table = self.index.train
         if split == "train":
+            if len(self.extra_rows):
+                main = table.iloc[self.train_idx].assign(weight=1.0)
+                return pd.concat([main, self.extra_rows], ignore_index=True)
             return table.iloc[self.train_idx]
         if split == "val":
             return table.iloc[self.val_idx]
@@ -94,9 +110,48 @@ class CarDataModule(pl.LightningDataModule):
 
     def class_weights(self) -> np.ndarray:
         """Inverse-frequency weights over the training split (mean 1)."""
-        counts = np.bincount(self.rows("train")["label"], minlength=self.num_classes).astype(float)
+        labels = self.rows("train")["label"].to_numpy()
+        counts = np.bincount(labels[labels >= 0], minlength=self.num_classes).astype(float)
         w = 1.0 / np.maximum(counts, 1.0)
         return w / w.mean()
+
+    def add_train_rows(self, rows: pd.DataFrame, soft: np.ndarray | None = None) -> None:
+        """Append rows (``path``, ``label`` (-1: unlabelled), ``weight``) to the training split only.
+
+        ``soft``: (len(rows), K) soft targets for them (NaN rows: none).
+        """
+        rows = rows.assign(weight=rows["weight"] if "weight" in rows else 1.0)
+        if "id" not in rows:
+            rows = rows.assign(id=rows["path"])
+        n_before = len(self.rows("train"))
+        self.extra_rows = pd.concat(
+            [self.extra_rows, rows[["id", "path", "label", "weight"]]], ignore_index=True
+        )
+        if soft is not None or self.soft_targets is not None:
+            k = self.num_classes
+            old = self.soft_targets
+            old = np.full((n_before, k), np.nan, np.float32) if old is None else old
+            new = np.full((len(rows), k), np.nan, np.float32) if soft is None else soft
+            self.soft_targets = np.concatenate([old, new.astype(np.float32)])
+            has = ~np.isnan(self.soft_targets).any(1)
+            self.soft_alpha = has.astype(np.float32)
+
+    def row_targets(self) -> dict | None:
+        """What the loss needs beyond labels, per row of ``rows("train")`` (None: plain labels).
+
+        ``weight`` (N,), ``soft`` (N, K) with NaN rows, ``alpha`` (N,) and ``temperature``.
+        """
+        rows = self.rows("train")
+        weight = rows["weight"].to_numpy(float) if "weight" in rows else np.ones(len(rows))
+        unlabelled = (rows["label"].to_numpy() < 0).any()
+        if self.soft_targets is None and (weight == 1).all() and not unlabelled:
+            return None
+        return {
+            "weight": weight,
+            "soft": self.soft_targets,
+            "alpha": self.soft_alpha,
+            "temperature": self.soft_temperature,
+        }
 
     # -- presets ----------------------------------------------------------------------------
     def eval_preset(self, size: int | None = None, hflip: bool = False) -> EvalPreset:

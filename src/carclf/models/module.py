@@ -52,6 +52,32 @@ class CarClassifier(pl.LightningModule):
         # output of the first k backbone groups) and how to build the optimizer of the stage.
         self.input_start = 0
         self.optimizer_factory: Callable[[CarClassifier], dict] | None = None
+        # Per training row (the index every batch carries): sample weight, soft targets and
+        # their share of the loss; installed from the DataModule's ``row_targets`` at fit start.
+        self.row_targets: dict[str, torch.Tensor | float] | None = None
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        targets = dm.row_targets() if hasattr(dm, "row_targets") else None
+        if targets is None:
+            self.row_targets = None
+            return
+        n = len(targets["weight"])
+        soft = targets["soft"]
+        self.row_targets = {
+            "weight": torch.as_tensor(targets["weight"], dtype=torch.float32, device=self.device),
+            "soft": torch.as_tensor(
+                np.nan_to_num(soft) if soft is not None else np.zeros((n, 1), np.float32),
+                dtype=torch.float32,
+                device=self.device,
+            ),
+            "alpha": torch.as_tensor(
+                targets["alpha"] if targets["alpha"] is not None else np.zeros(n, np.float32),
+                dtype=torch.float32,
+                device=self.device,
+            ),
+            "temperature": float(targets["temperature"]),
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last and x.ndim == 4:
@@ -63,11 +89,40 @@ class CarClassifier(pl.LightningModule):
             logits, target, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing
         )
 
+    def row_loss(self, logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Loss with per-row targets: ``w * ((1 - a) * CE(label) + a * T^2 * KL(soft || p_T))``.
+
+        Rows without a label (-1) learn from their soft target only; a batch mean, so a weight
+        of 0.5 halves a row's pull. Without row targets this is exactly :meth:`loss`.
+        """
+        rt = self.row_targets
+        if rt is None:
+            return self.loss(logits, y)
+        w, a = rt["weight"][idx], rt["alpha"][idx]
+        labelled = y >= 0
+        a = torch.where(labelled, a, torch.ones_like(a))
+        ce = F.cross_entropy(
+            logits,
+            y.clamp(min=0),
+            weight=self.class_weights,
+            label_smoothing=self.hparams.label_smoothing,
+            reduction="none",
+        )
+        ce = torch.where(labelled, ce, torch.zeros_like(ce))
+        per_row = (1 - a) * ce
+        if rt["soft"].shape[1] == logits.shape[1]:
+            t = rt["temperature"]
+            soft = rt["soft"][idx]
+            log_p = F.log_softmax(logits / t, dim=1)
+            kl = (soft * (torch.log(soft.clamp(min=1e-8)) - log_p)).sum(1) * t * t
+            per_row = per_row + a * kl
+        return (w * per_row).mean()
+
     def _mix(self, x: torch.Tensor, y: torch.Tensor):
-        """Mixup or CutMix on a share of batches; returns (x, y, y_other, lam)."""
+        """Mixup or CutMix on a share of batches; returns (x, y, y_other, lam, perm)."""
         hp = self.hparams
         if (hp.mixup <= 0 and hp.cutmix <= 0) or np.random.rand() >= hp.mix_prob:
-            return x, y, y, 1.0
+            return x, y, y, 1.0, None
         perm = torch.randperm(x.size(0), device=x.device)
         use_cutmix = hp.cutmix > 0 and (hp.mixup <= 0 or np.random.rand() < 0.5)
         alpha = hp.cutmix if use_cutmix else hp.mixup
@@ -83,22 +138,27 @@ class CarClassifier(pl.LightningModule):
             lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
         else:
             x = lam * x + (1 - lam) * x[perm]
-        return x, y, y[perm], lam
+        return x, y, y[perm], lam, perm
 
     def training_step(self, batch, batch_idx):
         if batch is None:  # every image of the batch was unreadable
             return None
-        x, y, _ = batch
-        x, y_a, y_b, lam = self._mix(x, y)
+        x, y, idx = batch
+        x, y_a, y_b, lam, perm = self._mix(x, y)
         logits = self(x)
         loss = (
-            lam * self.loss(logits, y_a) + (1 - lam) * self.loss(logits, y_b)
+            lam * self.row_loss(logits, y_a, idx)
+            + (1 - lam) * self.row_loss(logits, y_b, idx[perm])
             if lam < 1
-            else self.loss(logits, y_a)
+            else self.row_loss(logits, y_a, idx)
         )
-        acc = (logits.argmax(1) == y_a).float().mean()
+        labelled = y_a >= 0
+        acc = (logits.argmax(1) == y_a)[labelled].float().mean() if labelled.any() else None
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log("train/acc", acc, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(y))
+        if acc is not None:
+            self.log(
+                "train/acc", acc, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(y)
+            )
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -24,6 +24,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from carclf.data.check import check_index
 from carclf.data.datamodule import CarDataModule
+from carclf.data.extra import read_extra
 from carclf.data.layouts import read_dataset
 from carclf.data.tta import TTA_PRESETS
 from carclf.errors import CarclfError
@@ -136,6 +137,9 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
     index = read_dataset(d.path, layout=d.layout, class_map=d.class_map)
     bad = run_data_check(index, run_dir, d.check)
     mean, std = normalization(m.backbone)
+    extra = read_extra(
+        d.extra, index, class_map=d.extra_class_map, weight=d.extra_weight, run_dir=run_dir
+    )
     dm = CarDataModule(
         index=index,
         image_size=d.image_size,
@@ -151,6 +155,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
         resize=d.resize,
         augment=OmegaConf.to_container(d.augment),
         bad_files=bad,
+        extra=extra,
     )
     meta = BundleMeta(
         backbone=m.backbone,
