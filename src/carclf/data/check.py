@@ -106,17 +106,34 @@ def check_file(path: str, max_pixels: int = MAX_PIXELS) -> FileCheck:
     return FileCheck(path, True, img.width, img.height, hashlib.md5(data).hexdigest())
 
 
-def check_index(index: DatasetIndex, workers: int = 4, progress: bool = False) -> CheckReport:
-    """Decode every train and test image of ``index`` and summarise what was found."""
-    paths = index.train["path"].tolist() + index.test["path"].tolist()
-    iterator = ThreadPoolExecutor(max_workers=workers).map(check_file, paths, chunksize=16)
+def scan_files(
+    paths: list[str], file_check=check_file, workers: int = 4, progress: bool = False
+) -> list:
+    """``file_check(path)`` for every path in a thread pool (decoders release the GIL)."""
+    iterator = ThreadPoolExecutor(max_workers=workers).map(file_check, paths, chunksize=16)
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(
             iterator, total=len(paths), desc="checking images", unit="img", file=sys.stderr
         )
-    results = list(iterator)
+    return list(iterator)
+
+
+def check_index(
+    index: DatasetIndex,
+    workers: int = 4,
+    progress: bool = False,
+    results: list[FileCheck] | None = None,
+) -> CheckReport:
+    """Decode every train and test image of ``index`` and summarise what was found.
+
+    ``results`` (one :class:`FileCheck` per train then test path) skips the decoding: the dataset
+    report passes its own richer per-image facts so each image is decoded once for both.
+    """
+    paths = index.train["path"].tolist() + index.test["path"].tolist()
+    if results is None:
+        results = scan_files(paths, check_file, workers, progress)
     by_path = {r.path: r for r in results}
     bad = [{"path": r.path, "error": r.error} for r in results if not r.ok]
     ok = [r for r in results if r.ok]
@@ -128,7 +145,8 @@ def check_index(index: DatasetIndex, workers: int = 4, progress: bool = False) -
     dups = [g for g in groups.values() if len(g) > 1]
     conflicting = [g for g in dups if len({labels.get(p, -1) for p in g} - {-1}) > 1]
 
-    good_train = index.train[index.train["path"].map(lambda p: by_path[p].ok)]
+    # astype(bool): an empty train table maps to an object Series, which would select columns.
+    good_train = index.train[index.train["path"].map(lambda p: by_path[p].ok).astype(bool)]
     counts = Counter(good_train["label"])
     sizes = np.array([(r.width, r.height) for r in ok]) if ok else np.zeros((0, 2))
     stats = {}
