@@ -106,14 +106,21 @@ def test_cache_matches_uncached_forward(synthetic):
     """A cached stage sees exactly the features the uncached network computes (eval view)."""
     from carclf.data.datamodule import CarDataModule
     from carclf.models import build_net
+    from carclf.data.dataset import MultiViewDataset
     from carclf.train.feature_cache import CacheKey, FeatureCache, prefix_fingerprint
+    from carclf.train.prefix_engine import TorchPrefix
 
     dm = CarDataModule(synthetic, image_size=64, num_workers=0)
     net = build_net("tf_efficientnet_lite0", dm.num_classes, weights="offline").eval()
     ds = dm.dataset("val", transform=dm.eval_preset())
+    rows = dm.rows("val")
     key = CacheKey("val", 6, 64, 1, 1.0, len(ds), prefix_fingerprint(net, 6))
     cache = FeatureCache.build(
-        key, net, [ds], dm.rows("val")["label"].to_numpy(), batch_size=4, num_workers=0
+        key,
+        TorchPrefix(net, 6),
+        MultiViewDataset(rows["path"], rows["label"], [dm.eval_preset()]),
+        batch_images=4,
+        num_workers=0,
     )
     x, y, idx = next(iter(cache.loader(batch_size=len(ds), shuffle=False)))
     images = torch.stack([ds[i][0] for i in idx.tolist()])
@@ -196,25 +203,30 @@ def test_training_features_smoke(synthetic, tmp_path):
     assert all(p.ok and len(p.top) == 2 for p in pred)
 
 
-def test_large_cache_spills_to_disk(synthetic, tmp_path):
+def test_large_cache_stays_on_disk(synthetic, tmp_path):
     import numpy as np
 
     from carclf.data.datamodule import CarDataModule
+    from carclf.data.dataset import MultiViewDataset
     from carclf.models import build_net
     from carclf.train.feature_cache import CacheKey, FeatureCache
+    from carclf.train.prefix_engine import TorchPrefix
 
     dm = CarDataModule(synthetic, image_size=64, num_workers=0)
     net = build_net("tf_efficientnet_lite0", dm.num_classes, weights="none").eval()
-    views = [
-        dm.dataset("train", transform=dm.eval_preset()),
-        dm.dataset("train", transform=dm.train_preset()),
-    ]
-    labels = dm.rows("train")["label"].to_numpy()
+    rows = dm.rows("train")
+    labels = rows["label"].to_numpy()
     key = CacheKey("train", 7, 64, 2, 1.0, len(labels), "x")
     cache = FeatureCache.build(
-        key, net, views, labels, batch_size=8, num_workers=0, max_mb=0, spill_dir=tmp_path
+        key,
+        TorchPrefix(net, 7),
+        MultiViewDataset(rows["path"], labels, [dm.eval_preset(), dm.train_preset()]),
+        batch_images=4,
+        num_workers=0,
+        max_mb=0,
+        directory=tmp_path,
     )
-    assert isinstance(cache.store, np.memmap) and list(tmp_path.glob("*.f16"))
+    assert isinstance(cache.store, np.memmap) and list(tmp_path.glob("*.npy"))
     x, y, idx = next(iter(cache.loader(batch_size=8, shuffle=True)))
     assert x.dtype == torch.float32 and x.shape == (8, 192, 2, 2)
     assert torch.equal(y, torch.as_tensor(labels[idx.numpy()]))

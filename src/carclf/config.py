@@ -14,6 +14,8 @@ from omegaconf import MISSING
 
 from carclf.data.presets import AugmentConfig
 from carclf.models.head import HeadConfig
+from carclf.train.loggers import LoggerConfig
+from carclf.tune.config import TrialRef
 
 
 @dataclass
@@ -31,6 +33,10 @@ class DataConfig:
     resize: str = "squash"  # squash (whole car) | crop (shorter side + centre crop)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     check: bool = True  # run the data check first; unreadable files are skipped
+    # Dataset report in the run dir (carclf.data.report): off | cheap (costs what the check
+    # costs) | full (adds the label doctor, label_issues.csv). Needs check=true.
+    report: str = "cheap"
+    exclude: str | None = None  # CSV (path or id column) of photos to leave out, e.g. label_issues.csv
     # Extra labelled sets (folders, zips, CSVs; carclf.data.extra): training split only.
     extra: list[str] = field(default_factory=list)
     extra_class_map: str | None = None  # CSV (their,ours) or YAML mapping; None: match labels
@@ -57,7 +63,7 @@ class ModelConfig:
 class StageConfig:
     """One step of a recipe. Stages run in order inside one Trainer.fit."""
 
-    epochs: int = 1
+    epochs: Any = 1  # a whole number, or "auto": fill the time budget (trainer.time_budget_min)
     unfreeze: float = 0.0  # fraction of backbone groups trained, counted from the top (1 = all)
     trainable_groups: int | None = None  # exact number of top groups instead of a fraction
     lr: float = 1e-3  # head learning rate
@@ -73,7 +79,7 @@ class StageConfig:
     batch_size: int | None = None
     augment_strength: float | None = None
     cache: str = "auto"  # auto | on | off: compute the frozen prefix once (see FeatureCache)
-    cache_views: int = 4  # augmented views per image kept in the cache
+    cache_views: Any = 4  # augmented views per image kept in the cache, or "auto" (budget)
 
 
 @dataclass
@@ -92,7 +98,19 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     early_stopping_patience: int | None = None
     # Stop training this many minutes after the run started (data check and caches included).
+    # Stages with `epochs: auto` / `cache_views: auto` are planned to fill it (see PlanConfig).
     time_budget_min: float | None = None
+
+
+@dataclass
+class PlanConfig:
+    """How `epochs: auto` and `cache_views: auto` fill trainer.time_budget_min (carclf.train.budget)."""
+
+    fill: float = 0.94  # aim to end at this share of the budget (the rest absorbs timing noise)
+    min_views: int = 2  # the plain view and its mirror
+    max_views: int = 16
+    cache_share: float = 0.45  # at most this share of the planned time builds caches
+    min_epochs: int = 6  # fewer views before fewer epochs than this
 
 
 @dataclass
@@ -109,7 +127,14 @@ class TrainConfig:
     # T is fitted on the validation logits merged as predict.py merges them by default (TTA
     # changes the logit scale); "none" fits it on single-view logits.
     calibration_tta: str = "multiscale"
-    max_cache_mb: int = 2048  # feature caches above this spill to disk in the run dir
+    # Feature caches live in the run dir (a killed run reuses them); up to this size also in RAM.
+    max_cache_mb: int = 2048
+    # What computes the frozen prefix for the feature cache: auto (onnx on a CPU, torch on a
+    # GPU) | torch | onnx (ONNX Runtime, checked against PyTorch on the first batch).
+    cache_engine: str = "auto"
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger: tensorboard, csv, mlflow
+    tune: TrialRef = field(default_factory=TrialRef)  # set by the search sweeper per trial
 
 
 def register_configs() -> None:

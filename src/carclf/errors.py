@@ -20,3 +20,7 @@ class ImageDecodeError(CarclfError):
 
 class ModelError(CarclfError):
     """A backbone or checkpoint cannot be built or loaded."""
+
+
+class ConfigError(CarclfError, ValueError):
+    """A configuration value is invalid or cannot work on this machine; names the key."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+import torch
 from torch.utils.data import Dataset, default_collate
 
 from carclf.data.images import MAX_PIXELS, load_rgb
@@ -42,6 +43,42 @@ class CarDataset(Dataset):
             log.warning("skipping unreadable image %s", e)
             return None
         return self.transform(image), self.labels[i], i
+
+
+class MultiViewDataset(Dataset):
+    """Items are ``(views tensor V x C x H x W, label, index)``: every view from ONE decode.
+
+    A feature cache wants several views of each image (the plain image, its mirror, random
+    crops). Decoding the file once per view made decoding the cache build's main cost on a
+    small CPU; here each file is opened and decoded once and all ``transforms`` run on that
+    array. ``draft_size`` lets the JPEG decoder downscale large photos by a power of two while
+    keeping at least that many pixels on each side (see :func:`carclf.data.images.open_image`).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: Sequence[int] | None,
+        transforms: Sequence[Callable],
+        draft_size: int | None = None,
+        max_pixels: int = MAX_PIXELS,
+    ):
+        self.paths = list(paths)
+        self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
+        self.transforms = list(transforms)
+        self.draft_size = draft_size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            image = load_rgb(self.paths[i], max_pixels=self.max_pixels, draft_size=self.draft_size)
+        except ImageDecodeError as e:
+            log.warning("skipping unreadable image %s", e)
+            return None
+        return torch.stack([t(image) for t in self.transforms]), self.labels[i], i
 
 
 def skip_none_collate(batch):

@@ -5,8 +5,15 @@ At each stage boundary, inside a single ``Trainer.fit``, it
 1. freezes/unfreezes backbone groups (BatchNorm of frozen parts stays in eval mode),
 2. sets the DataModule's image size, batch size and augmentation strength,
 3. on a CPU, installs loaders over a :class:`FeatureCache` of the frozen prefix when that is
-   possible (single process, a splittable backbone), and
+   possible (single process, a splittable backbone), computed by the fastest engine that matches
+   PyTorch (:mod:`carclf.train.prefix_engine`), and
 4. rebuilds the optimizer and scheduler from the new stage's named parameter groups.
+
+Stages with ``epochs: auto`` or ``cache_views: auto`` are planned to fill the time budget
+(:mod:`carclf.train.budget`): at fit start the callback measures this machine (the prefix on real
+photos, a few steps of each stage's trainable part) and fixes views and epochs; when an ``auto``
+stage starts, its epochs are refined from the time actually left. The plan is part of the
+checkpoint, so a resumed run follows it instead of planning a different schedule.
 
 Lightning reloads dataloaders *before* ``on_train_epoch_start``, so steps 1-3 run from the
 DataModule's ``before_loader`` hook; step 4 runs in ``on_train_epoch_start``. The stage index is
@@ -25,9 +32,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from carclf.data.dataset import MultiViewDataset
+from carclf.train.budget import Budget, Plan, plan_budget, replan_epochs
 from carclf.train.feature_cache import CacheKey, FeatureCache, prefix_fingerprint
 from carclf.train.optim import build_optimizer, build_scheduler, trainable_parameter_count
-from carclf.train.stages import Stage, stage_at
+from carclf.train.prefix_engine import make_engine, resolve_engine
+from carclf.train.stages import Stage, stage_at, total_epochs, with_plan
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +67,32 @@ class StagedFinetuning(pl.Callback):
         layer_decay: float | None = None,
         max_cache_mb: int = 2048,
         cache_dir: str | Path | None = None,
+        cache_engine: str = "auto",
+        budget: Budget | None = None,
+        plan: dict | None = None,
+        finish_views: float = 1.0,
     ):
         self.stages = stages
         self.layer_decay = layer_decay
         self.max_cache_mb = max_cache_mb
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache_engine = cache_engine
+        self.engines: dict[tuple, object] = {}
+        self.engine_names: set[str] = set()  # engines that computed a cache (for metrics.json)
+        # Budget planning (only used when a stage says ``auto``).
+        self.budget = budget
+        self.plan_cfg = dict(plan or {})
+        self.finish_views = finish_views  # network passes per validation image at the end
+        self.plan: Plan | None = None
+        self.resumed = False
+        self.epoch_log: list[tuple[int, float]] = []  # (stage index, seconds) per finished epoch
+        self._epoch_started: float | None = None
+        self._paused = 0.0  # time spent applying stages (caches) inside the current epoch span
+        if any(s.auto_epochs or s.auto_views for s in stages) and budget is None:
+            raise ValueError(
+                "stages with epochs: auto or cache_views: auto need a time budget: "
+                "set trainer.time_budget_min"
+            )
         self.applied: int | None = None  # stage whose freezing and data settings are in place
         self.optim_stage: int | None = None  # stage the current optimizer was built for
         self.restored_stage: int | None = None
@@ -80,6 +111,8 @@ class StagedFinetuning(pl.Callback):
             "stage": self.applied,
             "stage_names": [s.name for s in self.stages],
             "rng": _rng_state(),
+            "plan": self.plan.to_dict() if self.plan else None,
+            "epoch_log": [list(e) for e in self.epoch_log],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -90,6 +123,11 @@ class StagedFinetuning(pl.Callback):
             )
         self.restored_stage = state.get("stage")
         self._restored_rng = state.get("rng")
+        self.resumed = True
+        self.epoch_log = [(int(i), float(t)) for i, t in state.get("epoch_log", [])]
+        if state.get("plan"):
+            self.plan = Plan.from_dict(state["plan"])
+            self.stages = with_plan(self.stages, self.plan.epochs, self.plan.views)
 
     # -- wiring ---------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
@@ -102,6 +140,15 @@ class StagedFinetuning(pl.Callback):
         self._trainer = trainer
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        if any(s.auto_epochs or s.auto_views for s in self.stages):
+            if self.plan is None:
+                plan = self._make_plan(trainer, pl_module)
+                self.plan = Plan.from_dict(trainer.strategy.broadcast(plan.to_dict(), src=0))
+                self.stages = with_plan(self.stages, self.plan.epochs, self.plan.views)
+                self.optim_stage = None  # the optimizer was built before the plan: rebuild it
+                log.info("budget plan: %s", self.plan.describe(self.stages))
+            self.budget.reserve = self.plan.estimate.get("finish_s", 0.0)
+            trainer.fit_loop.max_epochs = total_epochs(self.stages)
         if self._restored_rng is not None:
             _set_rng_state(self._restored_rng)
             self._restored_rng = None
@@ -109,7 +156,14 @@ class StagedFinetuning(pl.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         pl_module.input_start = 0
         trainer.datamodule.loader_overrides.clear()
+        for cache in self.caches.values():
+            cache.delete()  # the run is done: a resume will not need them
         self.caches.clear()
+        for engine in self.engines.values():
+            if engine.checked or engine.engine is None:
+                self.engine_names.add(engine.name)
+            engine.close()
+        self.engines.clear()
 
     def current_stage(self) -> Stage:
         idx = self.applied if self.applied is not None else (self.restored_stage or 0)
@@ -130,6 +184,7 @@ class StagedFinetuning(pl.Callback):
             self.apply(self.stages[idx], trainer, pl_module)
 
     def apply(self, stage: Stage, trainer: pl.Trainer, pl_module) -> None:
+        t0 = time.perf_counter()
         dm = trainer.datamodule
         self._freeze(pl_module, stage)
         dm.image_size, dm.batch_size, dm.augment_strength = (
@@ -142,6 +197,8 @@ class StagedFinetuning(pl.Callback):
         cut = self._cache_cut(stage, pl_module)
         if cut:
             self._install_cache(stage, cut, trainer, pl_module)
+        if stage.auto_epochs and self.plan is not None and not self.resumed:
+            stage = self._replan(stage)  # after the cache: its real cost is paid by now
         self.applied = stage.index
         log.info(
             "stage %d/%d %r: epochs %d-%d, %d/%d backbone groups trained (%s params), %d px, batch %d, lr %.2g%s",
@@ -158,6 +215,7 @@ class StagedFinetuning(pl.Callback):
             stage.lr,
             f", cached groups 0-{pl_module.input_start - 1}" if pl_module.input_start else "",
         )
+        self._paused += time.perf_counter() - t0
 
     # -- the feature cache --------------------------------------------------------------------
     def _cacheable(self, stage: Stage, pl_module) -> bool:
@@ -189,6 +247,30 @@ class StagedFinetuning(pl.Callback):
             cut = min(cut, nxt.cut(n))
         return cut
 
+    def _engine(self, cut: int, size: int, fingerprint: str, pl_module):
+        """The prefix engine for groups ``0..cut-1`` at ``size`` px (built once, then reused)."""
+        key = (cut, size, fingerprint)
+        if key not in self.engines:
+            name = resolve_engine(self.cache_engine, pl_module.device)
+            self.engines[key] = make_engine(
+                name, pl_module.net, pl_module.meta, cut, size, workdir=self.cache_dir
+            )
+        return self.engines[key]
+
+    def _view_presets(self, dm, split: str, views: int) -> list:
+        """The plain image and its mirror first, then random train-time crops."""
+        if split != "train":
+            return [dm.eval_preset()]
+        presets = [dm.eval_preset(), dm.eval_preset(hflip=True)]
+        while len(presets) < views:
+            presets.append(dm.train_preset())
+        return presets[:views]
+
+    def _multiview(self, dm, rows, presets) -> MultiViewDataset:
+        # Random crops of a large photo upscale a part of it: keep 1.5x the size when drafting.
+        draft = int(dm.image_size * 1.5)
+        return MultiViewDataset(rows["path"].tolist(), rows["label"].tolist(), presets, draft)
+
     def _install_cache(self, stage: Stage, cut: int, trainer, pl_module) -> None:
         dm, net = trainer.datamodule, pl_module.net
         fingerprint = prefix_fingerprint(net, cut)
@@ -200,27 +282,25 @@ class StagedFinetuning(pl.Callback):
             )
             old = self.caches.get(split)
             if old is None or old.key != key:
-                self.caches.pop(split, None)  # free memory before building the new one
-                presets = (
-                    [dm.eval_preset(), dm.eval_preset(hflip=True)]
-                    if split == "train"
-                    else [dm.eval_preset()]
-                )
-                while len(presets) < views:
-                    presets.append(dm.train_preset())
-                datasets = [dm.dataset(split, transform=p) for p in presets[:views]]
+                if old is not None:
+                    old.delete()  # free memory and disk before building the new one
+                self.caches.pop(split, None)
+                labels = rows["label"].to_numpy()
                 t0 = time.perf_counter()
-                self.caches[split] = FeatureCache.build(
-                    key,
-                    net,
-                    datasets,
-                    rows["label"].to_numpy(),
-                    batch_size=max(stage.batch_size, 32),
-                    num_workers=dm.num_workers,
-                    max_mb=self.max_cache_mb,
-                    spill_dir=self.cache_dir,
-                    device=pl_module.device,
-                )
+                cache = None
+                if self.cache_dir is not None:
+                    cache = FeatureCache.open(key, self.cache_dir, labels, self.max_cache_mb)
+                if cache is None:
+                    cache = FeatureCache.build(
+                        key,
+                        self._engine(cut, stage.image_size, fingerprint, pl_module),
+                        self._multiview(dm, rows, self._view_presets(dm, split, views)),
+                        batch_images=max(1, 32 // views),
+                        num_workers=dm.num_workers,
+                        max_mb=self.max_cache_mb,
+                        directory=self.cache_dir,
+                    )
+                self.caches[split] = cache
                 self.cache_seconds[f"{stage.name}/{split}"] = time.perf_counter() - t0
         train_cache, val_cache = self.caches["train"], self.caches["val"]
         dm.loader_overrides["train"] = lambda: train_cache.loader(
@@ -230,6 +310,76 @@ class StagedFinetuning(pl.Callback):
             dm.eval_batch_size or stage.batch_size, shuffle=False
         )
         pl_module.input_start = cut
+
+    # -- planning to the time budget ---------------------------------------------------------
+    def _make_plan(self, trainer, pl_module) -> Plan:
+        from carclf.train.probe import measure_costs
+
+        t0 = time.perf_counter()
+        costs, finish_s, rates = measure_costs(self, trainer, pl_module)
+        c = self.plan_cfg
+        plan = plan_budget(
+            self.stages,
+            costs,
+            budget_s=self.budget.seconds,
+            elapsed_s=self.budget.elapsed(),
+            finish_s=finish_s,
+            **{
+                k: c[k]
+                for k in ("fill", "min_views", "max_views", "cache_share", "min_epochs")
+                if k in c
+            },
+        )
+        views = {
+            s.index: plan.views if (s.auto_views and plan.views) else s.cache_views
+            for s in self.stages
+        }
+        plan.rates = {
+            **rates,
+            "epoch_s": [round(x.epoch, 3) for x in costs],
+            "stage_cache_s": [
+                round(views[i] * x.cache_per_view + x.cache_fixed, 2) for i, x in enumerate(costs)
+            ],
+            "measure_s": round(time.perf_counter() - t0, 1),
+        }
+        return plan
+
+    def _replan(self, stage: Stage) -> Stage:
+        """Refine an ``auto`` stage's epochs from the time actually left when it starts.
+
+        Caches are built by now (their real cost is known) and finished epochs show how far the
+        measured rates were off on this machine today; that ratio scales the remaining estimates.
+        """
+        predicted = self.plan.rates.get("epoch_s", [])
+        done = [(i, t) for i, t in self.epoch_log if i < len(predicted)]
+        ratio = (
+            sum(t for _, t in done) / max(sum(predicted[i] for i, _ in done), 1e-6) if done else 1.0
+        )
+        ratio = min(max(ratio, 0.5), 3.0)
+        fill = float(self.plan_cfg.get("fill", 0.94))
+        deadline = fill * self.budget.seconds - self.budget.elapsed() - self.budget.reserve
+        caches = self.plan.rates.get("stage_cache_s", [0.0] * len(self.stages))
+        later = sum(
+            (predicted[s.index] * s.epochs + caches[s.index]) * ratio
+            for s in self.stages[stage.index + 1 :]
+        )
+        epochs = replan_epochs(
+            stage, predicted[stage.index] * ratio, deadline_s=deadline, later_s=later
+        )
+        if epochs != stage.epochs:
+            log.info(
+                "budget plan: stage %r gets %d epochs instead of %d (%.0f s left for it, "
+                "epochs measured at %.2fx the estimate)",
+                stage.name,
+                epochs,
+                stage.epochs,
+                deadline - later,
+                ratio,
+            )
+            self.plan.epochs[stage.name] = epochs
+            self.stages = with_plan(self.stages, self.plan.epochs, self.plan.views)
+            self._trainer.fit_loop.max_epochs = total_epochs(self.stages)
+        return self.stages[stage.index]
 
     # -- optimizers -------------------------------------------------------------------------
     def _steps_per_epoch(self, stage: Stage, trainer: pl.Trainer) -> int:
@@ -254,26 +404,37 @@ class StagedFinetuning(pl.Callback):
         return {"optimizer": optimizer, "lr_scheduler": scheduler} if scheduler else optimizer
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
+        now = time.perf_counter()
+        if self._epoch_started is not None and self.applied is not None:
+            # The span since the last epoch start, less any stage set-up (cache builds) in it.
+            self.epoch_log.append(
+                (self._last_epoch_stage, now - self._epoch_started - self._paused)
+            )
+        self._epoch_started, self._paused = now, 0.0
         self.sync(trainer, pl_module)
+        self._last_epoch_stage = self.applied
         if self.optim_stage != self.applied:
             trainer.strategy.setup_optimizers(trainer)
         pl_module.log("stage", float(self.applied), on_step=False, on_epoch=True)
 
 
 class TimeBudget(pl.Callback):
-    """Stop training once ``minutes`` have passed since ``start`` (a ``time.perf_counter`` value).
+    """Stop training when the run's :class:`Budget` is spent, keeping its ``reserve`` free.
 
     Unlike Lightning's ``max_time``, the clock starts when the run starts, so the data check and
-    the building of feature caches count against the budget too.
+    the building of feature caches count against the budget too, and the end of the run (the
+    validation pass with TTA, the bundle) is kept inside it: the planner sets ``reserve``.
     """
 
-    def __init__(self, minutes: float, start: float | None = None):
-        self.seconds = minutes * 60.0
-        self.start = time.perf_counter() if start is None else start
+    def __init__(self, budget: Budget):
+        self.budget = budget
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if time.perf_counter() - self.start > self.seconds and not trainer.should_stop:
+        if self.budget.left() < 0 and not trainer.should_stop:
             log.info(
-                "time budget of %.1f min reached: stopping after this batch", self.seconds / 60
+                "time budget of %.1f min reached (%.0f s kept for the end of the run): "
+                "stopping after this batch",
+                self.budget.seconds / 60,
+                self.budget.reserve,
             )
             trainer.should_stop = True

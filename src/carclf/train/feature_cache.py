@@ -8,7 +8,15 @@ mirror, and random train-time crops) and train the rest on those outputs. Each e
 every image once, in one randomly chosen view, so a recipe means the same thing with or without
 the cache; only the augmentation is drawn from a finite pool.
 
-Storage is fp16, in RAM up to ``max_mb`` and in a memory-mapped file in the run dir above that.
+Building is the expensive part, so it is made cheap and never paid twice:
+
+* each file is decoded once for all its views (:class:`carclf.data.dataset.MultiViewDataset`);
+* the prefix runs on the fastest engine that matches PyTorch (:mod:`carclf.train.prefix_engine`);
+* with a ``directory`` (the run dir), the store is a memory-mapped fp16 file there, with its key
+  and progress beside it: a run killed while building resumes the build where it stopped, and a
+  run killed later reuses the finished cache instead of building it again. Caches up to
+  ``max_mb`` are then copied into RAM for the fastest reads.
+
 The cache is keyed by the cut, image size, view pool and a fingerprint of the frozen weights, so
 it is rebuilt whenever any of them changes.
 """
@@ -16,20 +24,33 @@ it is rebuilt whenever any of them changes.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+)
 from tqdm import tqdm
 
+from carclf.data.dataset import MultiViewDataset, skip_none_collate
 from carclf.models.network import CarNet
 
 log = logging.getLogger(__name__)
+
+# How often (seconds) a build on disk records its progress: what a kill can cost at most.
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,13 @@ class CacheKey:
     augment_strength: float
     num_items: int
     fingerprint: str
+
+    @property
+    def stem(self) -> str:
+        return (
+            f"{self.split}-cut{self.cut}-{self.image_size}px-{self.views}v"
+            f"-s{self.augment_strength:g}-n{self.num_items}-{self.fingerprint}"
+        )
 
 
 def prefix_fingerprint(net: CarNet, cut: int) -> str:
@@ -55,104 +83,214 @@ def prefix_fingerprint(net: CarNet, cut: int) -> str:
     return h.hexdigest()[:16]
 
 
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+class _DiskStore:
+    """Paths of one cache in a directory: the fp16 array and its key/progress record."""
+
+    def __init__(self, directory: Path, key: CacheKey):
+        self.array = directory / f"{key.stem}.npy"
+        self.record = directory / f"{key.stem}.json"
+        self.key = key
+
+    def read_record(self) -> dict | None:
+        try:
+            rec = json.loads(self.record.read_text())
+        except (OSError, ValueError):
+            return None
+        if rec.get("key") != asdict(self.key) or not self.array.is_file():
+            return None
+        return rec
+
+    def delete(self) -> None:
+        for p in (self.array, self.record):
+            p.unlink(missing_ok=True)
+
+
 class FeatureCache:
     """Outputs of the first ``cut`` groups for ``V`` views of ``N`` images: shape (V, N, C, H, W)."""
 
-    def __init__(self, key: CacheKey, store, labels: np.ndarray, valid: np.ndarray, seconds: float):
+    def __init__(
+        self,
+        key: CacheKey,
+        store,
+        labels: np.ndarray,
+        valid: np.ndarray,
+        seconds: float,
+        disk: _DiskStore | None = None,
+        rate: float | None = None,
+    ):
         self.key = key
         self.store = store
         self.labels = torch.tensor(np.asarray(labels), dtype=torch.long)
         self.valid = np.flatnonzero(valid)
         self.seconds = seconds
+        self.disk = disk
+        self.rate = rate  # image-views per second of the build, after its first batch
 
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.store.shape)) * 2
 
     @classmethod
-    @torch.inference_mode()
+    def open(cls, key: CacheKey, directory: Path, labels, max_mb: int) -> FeatureCache | None:
+        """A finished cache with this key in ``directory`` (from an earlier, killed run), or None."""
+        disk = _DiskStore(Path(directory), key)
+        rec = disk.read_record()
+        if rec is None or not rec.get("complete"):
+            return None
+        try:
+            store = np.load(disk.array, mmap_mode="r")
+        except (OSError, ValueError):
+            return None
+        log.info(
+            "reusing the %s feature cache in %s (built in %.0f s)",
+            key.split,
+            disk.array,
+            rec.get("seconds", 0.0),
+        )
+        valid = np.zeros(key.num_items, dtype=bool)
+        valid[np.asarray(rec["valid"], dtype=int)] = True
+        return cls(key, cls._in_ram(store, max_mb), labels, valid, 0.0, disk, rec.get("rate"))
+
+    @staticmethod
+    def _in_ram(store, max_mb: int):
+        size_mb = int(np.prod(store.shape)) * 2 / 2**20
+        return torch.from_numpy(np.array(store)) if size_mb <= max_mb else store
+
+    @classmethod
     def build(
         cls,
         key: CacheKey,
-        net: CarNet,
-        datasets: list[Dataset],
-        labels,
+        engine,
+        dataset: MultiViewDataset,
         *,
-        batch_size: int = 64,
+        batch_images: int = 8,
         num_workers: int = 2,
         max_mb: int = 2048,
-        spill_dir: Path | None = None,
-        device: torch.device | str = "cpu",
+        directory: Path | None = None,
     ) -> FeatureCache:
-        """Run ``net``'s first ``key.cut`` groups (eval mode) over each view dataset."""
+        """Run ``engine`` (the frozen prefix) over every view of every image in ``dataset``.
+
+        With a ``directory`` the store lives on disk there and a build killed part-way resumes
+        from its last recorded progress.
+        """
         t0 = time.perf_counter()
-        was_training = net.training
-        net.eval()
-        n = len(labels)
-        store, valid = None, np.zeros(n, dtype=bool)
-        total, done = len(datasets) * n, 0
+        n, views = len(dataset), len(dataset.transforms)
+        labels = np.asarray(dataset.labels)
+        disk = _DiskStore(Path(directory), key) if directory is not None else None
+        store, valid, start = None, np.zeros(n, dtype=bool), 0
+        rec = disk.read_record() if disk else None
+        if rec is not None and not rec.get("complete"):
+            try:
+                store = np.load(disk.array, mmap_mode="r+")
+                start = int(rec["done"])
+                valid[np.asarray(rec["valid"], dtype=int)] = True
+                log.info("resuming the %s feature cache build at image %d/%d", key.split, start, n)
+            except (OSError, ValueError, KeyError):
+                store, start = None, 0
+        todo = dataset if start == 0 else Subset(dataset, range(start, n))
+        loader = DataLoader(
+            todo, batch_size=batch_images, num_workers=num_workers, collate_fn=skip_none_collate
+        )
+        total, done = views * n, views * start
         bar = tqdm(
             total=total,
-            desc=f"caching {key.split} features (groups 0-{key.cut - 1}, {len(datasets)} views)",
-            unit="img",
+            initial=done,
+            desc=f"caching {key.split} features (groups 0-{key.cut - 1}, {views} views)",
+            unit="view",
             file=sys.stderr,
             leave=False,
             disable=None,
         )
-        from carclf.data.dataset import skip_none_collate
-
+        first_batch_at, first_done, last_saved, position = None, done, time.perf_counter(), start
         try:
-            for v, ds in enumerate(datasets):
-                loader = DataLoader(
-                    ds, batch_size=batch_size, num_workers=num_workers, collate_fn=skip_none_collate
-                )
-                for batch in loader:
-                    if batch is None:
-                        continue
-                    x, _, idx = batch
-                    feats = net.features_from(x.to(device), 0, key.cut).to("cpu", torch.float16)
-                    if store is None:
-                        store = cls._allocate(
-                            (len(datasets), n, *feats.shape[1:]), max_mb, spill_dir, key
-                        )
-                    store[v, idx.numpy()] = feats.numpy() if isinstance(store, np.memmap) else feats
-                    if v == 0:
-                        valid[idx.numpy()] = True
-                    bar.update(len(idx))
-                    done += len(idx)
-                    if done * 4 // total > (done - len(idx)) * 4 // total:  # a log line per quarter
-                        log.info(
-                            "caching %s features: %d/%d images (%.0f s)",
-                            key.split,
-                            done,
-                            total,
-                            time.perf_counter() - t0,
-                        )
+            for batch in loader:
+                if batch is None:
+                    continue
+                x, _, idx = batch
+                b = len(idx)
+                feats = engine(x.flatten(0, 1))
+                feats = feats.reshape(b, views, *feats.shape[1:]).transpose(0, 1)
+                feats = feats.to("cpu", torch.float16)
+                if store is None:
+                    store = cls._allocate((views, n, *feats.shape[2:]), disk)
+                ids = idx.numpy()
+                if isinstance(store, np.ndarray):
+                    store[:, ids] = feats.numpy()
+                else:
+                    store[:, torch.from_numpy(ids)] = feats
+                valid[ids] = True
+                position = int(ids.max()) + 1
+                bar.update(b * views)
+                done += b * views
+                now = time.perf_counter()
+                if first_batch_at is None:
+                    first_batch_at, first_done = now, done
+                if done * 4 // total > (done - b * views) * 4 // total:  # a log line per quarter
+                    log.info(
+                        "caching %s features: %d/%d image-views (%.0f s)",
+                        key.split,
+                        done,
+                        total,
+                        now - t0,
+                    )
+                if disk is not None and now - last_saved > PROGRESS_EVERY_S:
+                    store.flush()
+                    _write_json(disk.record, cls._record(key, valid, position, False))
+                    last_saved = now
         finally:
             bar.close()
-            net.train(was_training)
         if store is None:
             raise RuntimeError(f"no readable image in the {key.split} split")
         seconds = time.perf_counter() - t0
+        steady = time.perf_counter() - first_batch_at if first_batch_at else 0.0
+        rate = (done - first_done) / steady if steady > 0 and done > first_done else None
+        if disk is not None:
+            store.flush()
+            _write_json(
+                disk.record, {**cls._record(key, valid, n, True), "seconds": seconds, "rate": rate}
+            )
+            store = cls._in_ram(store, max_mb)
         log.info(
-            "cached %s features: %d views x %d images, %.0f MB, %.1f s",
+            "cached %s features: %d views x %d images, %.0f MB, %.1f s (%s, %s image-views/s)",
             key.split,
-            len(datasets),
+            views,
             n,
             int(np.prod(store.shape)) * 2 / 2**20,
             seconds,
+            getattr(engine, "name", type(engine).__name__),
+            f"{rate:.0f}" if rate else "?",
         )
-        return cls(key, store, labels, valid, seconds)
+        return cls(key, store, labels, valid, seconds, disk, rate)
 
     @staticmethod
-    def _allocate(shape, max_mb: int, spill_dir: Path | None, key: CacheKey):
-        size_mb = int(np.prod(shape)) * 2 / 2**20
-        if size_mb <= max_mb or spill_dir is None:
+    def _record(key: CacheKey, valid: np.ndarray, done: int, complete: bool) -> dict:
+        return {
+            "key": asdict(key),
+            "done": done,
+            "valid": np.flatnonzero(valid).tolist(),
+            "complete": complete,
+        }
+
+    @staticmethod
+    def _allocate(shape, disk: _DiskStore | None):
+        if disk is None:
             return torch.zeros(shape, dtype=torch.float16)
-        spill_dir.mkdir(parents=True, exist_ok=True)
-        path = spill_dir / f"{key.split}-cut{key.cut}-{key.image_size}px-{key.fingerprint}.f16"
-        log.info("feature cache of %.0f MB exceeds %d MB: memory-mapping %s", size_mb, max_mb, path)
-        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+        disk.array.parent.mkdir(parents=True, exist_ok=True)
+        size_mb = int(np.prod(shape)) * 2 / 2**20
+        log.info("feature cache of %.0f MB in %s", size_mb, disk.array)
+        return np.lib.format.open_memmap(disk.array, mode="w+", dtype=np.float16, shape=shape)
+
+    def delete(self) -> None:
+        """Remove the cache's files from disk (the run no longer needs them)."""
+        if self.disk is not None:
+            self.store = None
+            self.disk.delete()
 
     def loader(self, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
         """Batches ``(features, label, index)``; in shuffled mode each item takes a random view."""

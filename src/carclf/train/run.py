@@ -14,7 +14,6 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import timm
 import torch
@@ -24,16 +23,21 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from carclf.data.check import check_index
 from carclf.data.datamodule import CarDataModule
+from carclf.data.exclude import apply_exclude
 from carclf.data.extra import read_extra
 from carclf.data.layouts import read_dataset
+from carclf.data.report import write_run_report
 from carclf.data.tta import TTA_PRESETS
 from carclf.errors import CarclfError
 from carclf.models.bundle import BundleMeta, save_bundle
 from carclf.models.module import CarClassifier
+from carclf.train.budget import Budget
 from carclf.train.callbacks import StagedFinetuning, TimeBudget
 from carclf.train.checkpoint import AtomicCheckpointIO
 from carclf.train.ema import EMA
+from carclf.train.loggers import chosen_loggers
 from carclf.train.plots import plot_curves
+from carclf.train.prefix_engine import check_engine
 from carclf.train.stages import resolve_stages, total_epochs
 
 log = logging.getLogger(__name__)
@@ -67,13 +71,31 @@ def normalization(backbone: str) -> tuple[list[float], list[float]]:
     return list(mean), list(std)
 
 
-def run_data_check(index, run_dir: Path, enabled: bool) -> list[str]:
+def _on_gpu(cfg) -> bool:
+    """Whether this run trains on a GPU (decides which cache engines can run)."""
+    acc = str(cfg.trainer.accelerator)
+    return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+
+
+def _finish_views(cfg) -> float:
+    """Network passes per validation image at the end of the run, in units of one plain view
+    (a 1.15x view costs 1.15^2): what the budget planner keeps free for it."""
+    if not cfg.fit_temperature:
+        return 1.0
+    views = TTA_PRESETS[cfg.calibration_tta](size=224, mean=(0, 0, 0), std=(1, 1, 1)).views
+    return float(sum(v.scale**2 for v in views))
+
+
+def run_data_check(index, run_dir: Path, enabled: bool, mode: str = "off") -> list[str]:
     if not enabled:
         return []
-    report = check_index(index)
-    (run_dir / "data_check.json").write_text(
-        json.dumps(report.to_dict(), indent=1, ensure_ascii=False)
-    )
+    if mode != "off":  # data_check.json + report.html/json, each image decoded once for both
+        report = write_run_report(index, run_dir, mode)
+    else:
+        report = check_index(index)
+        (run_dir / "data_check.json").write_text(
+            json.dumps(report.to_dict(), indent=1, ensure_ascii=False)
+        )
     print(report.summary(), flush=True)
     return report.bad_paths
 
@@ -96,10 +118,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, max_epochs: i
         enable_progress_bar=t.enable_progress_bar,
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
-        logger=[
+        logger=chosen_loggers(  # conf/logger (carclf.train.loggers)
+            cfg,
+            run_dir,
             TensorBoardLogger(str(run_dir), name="logs", version="tensorboard"),
             CSVLogger(str(run_dir), name="logs", version="csv"),
-        ],
+        ),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         **limits,
@@ -135,7 +159,8 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
             f"calibration_tta={cfg.calibration_tta!r}: choose one of {sorted(TTA_PRESETS)}"
         )
     index = read_dataset(d.path, layout=d.layout, class_map=d.class_map)
-    bad = run_data_check(index, run_dir, d.check)
+    index = apply_exclude(index, d.get("exclude"))
+    bad = run_data_check(index, run_dir, d.check, d.get("report", "off"))
     mean, std = normalization(m.backbone)
     extra = read_extra(
         d.extra, index, class_map=d.extra_class_map, weight=d.extra_weight, run_dir=run_dir
@@ -183,11 +208,21 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
     stages = resolve_stages(
         cfg.stages, module.net.num_groups, d.image_size, d.batch_size, d.augment.strength
     )
+    check_engine(cfg.cache_engine, "cuda" if _on_gpu(cfg) else "cpu")
+    budget = (
+        Budget(cfg.trainer.time_budget_min * 60.0, start=started)
+        if cfg.trainer.time_budget_min
+        else None
+    )
     staged = StagedFinetuning(
         stages,
         layer_decay=m.layer_decay,
         max_cache_mb=cfg.max_cache_mb,
         cache_dir=run_dir / "cache",
+        cache_engine=cfg.cache_engine,
+        budget=budget,
+        plan=OmegaConf.to_container(cfg.plan),
+        finish_views=_finish_views(cfg),
     )
     has_val = len(dm.val_idx) > 0
     ckpt_cb = ModelCheckpoint(
@@ -210,8 +245,8 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
     own = [staged, ckpt_cb, last_cb, LearningRateMonitor(logging_interval="epoch")] + (
         [ema] if ema else []
     )
-    if cfg.trainer.time_budget_min:
-        own.append(TimeBudget(cfg.trainer.time_budget_min, start=started))
+    if budget is not None:
+        own.append(TimeBudget(budget))
     if cfg.trainer.early_stopping_patience and has_val:
         own.append(
             EarlyStopping(
@@ -269,17 +304,27 @@ def finish(
         **metrics,
     }
     metrics["cache_seconds"] = {k: round(v, 1) for k, v in staged.cache_seconds.items()}
+    metrics["cache_engines"] = sorted(staged.engine_names)
+    if staged.plan is not None:
+        metrics["plan"] = staged.plan.to_dict()
     if len(dm.val_idx):
-        logits, labels = predict_split(net, dm, "val")
-        metrics["val_acc"] = float((logits.argmax(1) == labels).mean())
+        t0 = time.perf_counter()
+        policy = cfg.calibration_tta if cfg.fit_temperature else "none"
+        views, labels = val_view_logits(net, meta, dm, policy)
+        plain = views[:, 0]  # every TTA policy's first view is the plain eval view
+        metrics["val_acc"] = float((plain.argmax(1) == labels).mean())
         metrics["val_loss"] = float(
-            torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
+            torch.nn.functional.cross_entropy(torch.from_numpy(plain), torch.from_numpy(labels))
         )
         # With no validation mistakes the NLL-optimal temperature runs off to ~0 (certainty);
         # that is an artefact of a small or easy split, not calibration, so keep T=1 then.
         if cfg.fit_temperature and metrics["val_acc"] < 1.0:
-            meta.temperature = fit_val_temperature(net, meta, dm, cfg.calibration_tta)
+            from carclf.evaluate.calibration import fit_temperature
+
+            # logit averaging, predict.py's default merge
+            meta.temperature = float(fit_temperature(views.mean(1), labels))
             metrics["temperature"] = meta.temperature
+        metrics["final_val_seconds"] = round(time.perf_counter() - t0, 1)
     meta.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     save_bundle(net, meta, run_dir / "bundle", fp16=cfg.bundle_fp16)
     csv = run_dir / "logs" / "csv" / "metrics.csv"
@@ -300,30 +345,23 @@ def finish(
     return metrics
 
 
-def fit_val_temperature(net, meta: BundleMeta, dm: CarDataModule, policy: str) -> float:
-    """Temperature minimising validation NLL of the logits as ``policy`` TTA merges them."""
-    from carclf.evaluate.calibration import fit_temperature
+def val_view_logits(net, meta: BundleMeta, dm: CarDataModule, policy: str):
+    """(N, V, K) validation logits for every view of ``policy`` and the labels, in ONE pass.
+
+    The end of a run needs single-view metrics and the temperature of ``policy``'s merged
+    logits; the plain view is the first view of every policy, so one pass over the split (one
+    decode per photo) serves both. Unreadable photos are left out.
+    """
+    from carclf.data.tta import View
     from carclf.inference.classifier import Classifier
     from carclf.inference.files import loader_logits
 
     loader = dm.tta_dataloader(policy, "val")
-    views = len(loader.dataset.transform)
+    preset = loader.dataset.transform
+    if preset.views[0] != View():
+        raise CarclfError(f"calibration_tta={policy!r}: its first view is not the plain eval view")
     logits, seen = loader_logits(
-        Classifier(net, meta, device="cpu"), loader, len(dm.val_idx), views
+        Classifier(net, meta, device="cpu"), loader, len(dm.val_idx), len(preset)
     )
     labels = dm.rows("val")["label"].to_numpy()
-    merged = logits[seen].mean(1)  # logit averaging, predict.py's default merge
-    return float(fit_temperature(merged, labels[seen]))
-
-
-@torch.inference_mode()
-def predict_split(net, dm: CarDataModule, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of a split through the full network at the eval preset."""
-    logits, labels = [], []
-    for batch in dm.loader(dm.dataset(split, transform=dm.eval_preset())):
-        if batch is None:
-            continue
-        x, y, _ = batch
-        logits.append(net(x).float().numpy())
-        labels.append(y.numpy())
-    return np.concatenate(logits), np.concatenate(labels)
+    return logits[seen], labels[seen]

@@ -7,7 +7,7 @@ is built, naming the stage and key at fault.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from carclf.errors import CarclfError
@@ -15,6 +15,10 @@ from carclf.errors import CarclfError
 OPTIMIZER_NAMES = ("adamw", "sgd")
 SCHEDULER_NAMES = ("cosine", "onecycle", "plateau", "constant")
 CACHE_MODES = ("auto", "on", "off")
+AUTO = "auto"
+# Placeholders until the budget planner (carclf.train.budget) has measured this machine.
+AUTO_EPOCHS_PLACEHOLDER = 1
+AUTO_VIEWS_PLACEHOLDER = 4
 
 
 class StageError(CarclfError, ValueError):
@@ -42,6 +46,8 @@ class Stage:
     augment_strength: float
     cache: str
     cache_views: int
+    auto_epochs: bool = False  # ``epochs: auto``: the budget planner chooses
+    auto_views: bool = False  # ``cache_views: auto``: the budget planner chooses
 
     @property
     def end_epoch(self) -> int:
@@ -70,9 +76,8 @@ def resolve_stages(
     stages, epoch = [], 0
     for i, (name, c) in enumerate(items):
         where = f"stages.{name}"
-        epochs = int(_get(c, "epochs", 1))
-        if epochs < 1:
-            raise StageError(f"{where}.epochs must be >= 1, got {epochs}")
+        epochs, auto_epochs = _count(c, "epochs", 1, AUTO_EPOCHS_PLACEHOLDER, where)
+        views, auto_views = _count(c, "cache_views", 4, AUTO_VIEWS_PLACEHOLDER, where)
         unfreeze = float(_get(c, "unfreeze", 0.0))
         groups = _get(c, "trainable_groups")
         if groups is None:
@@ -116,11 +121,39 @@ def resolve_stages(
                 batch_size=batch_size,
                 augment_strength=augment_strength,
                 cache=_get(c, "cache", "auto"),
-                cache_views=max(1, int(_get(c, "cache_views", 4))),
+                cache_views=views,
+                auto_epochs=auto_epochs,
+                auto_views=auto_views,
             )
         )
         epoch += epochs
     return stages
+
+
+def _count(c, key: str, default: int, placeholder: int, where: str) -> tuple[int, bool]:
+    """A positive whole number or ``auto`` (returned as the placeholder, flagged)."""
+    value = _get(c, key, default)
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return placeholder, True
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise StageError(f"{where}.{key}={value!r}: expected a whole number or 'auto'") from None
+    if n < 1 or n != float(value):
+        raise StageError(f"{where}.{key} must be a whole number >= 1 or 'auto', got {value!r}")
+    return n, False
+
+
+def with_plan(stages: list[Stage], epochs: dict[str, int], views: int | None) -> list[Stage]:
+    """``stages`` with planned epochs (by stage name) and views (for ``auto`` views) filled in;
+    start epochs are recomputed. The ``auto`` flags stay, so a plan can be refined later."""
+    out, epoch = [], 0
+    for s in stages:
+        n = epochs.get(s.name, s.epochs)
+        v = views if (s.auto_views and views) else s.cache_views
+        out.append(replace(s, start_epoch=epoch, epochs=int(n), cache_views=int(v)))
+        epoch += int(n)
+    return out
 
 
 def stage_at(stages: list[Stage], epoch: int) -> int:
