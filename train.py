@@ -11,9 +11,16 @@ from carclf.cli import run_safely
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
+    from carclf.train.multirun import single_job_command_line
     from carclf.train.run import train
 
-    metrics = run_safely(lambda: train(cfg, HydraConfig.get().runtime.output_dir))
+    run_dir = HydraConfig.get().runtime.output_dir
+    with single_job_command_line():  # under -m, DDP ranks rerun this job, not the whole sweep
+        if cfg.get("tune", {}).get("storage"):  # a search trial (carclf.tune): may be pruned
+            from carclf.tune.trial import run_trial
+
+            return run_trial(cfg, run_dir, train)
+        metrics = run_safely(lambda: train(cfg, run_dir))
     return metrics.get("val_acc")  # the value a Hydra sweeper optimises
 
 

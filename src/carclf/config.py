@@ -133,7 +133,8 @@ class TrainConfig:
     # GPU) | torch | onnx (ONNX Runtime, checked against PyTorch on the first batch).
     cache_engine: str = "auto"
     plan: PlanConfig = field(default_factory=PlanConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger: tensorboard, csv, mlflow
+    # Experiment loggers (conf/logger: tensorboard, csv, mlflow; several at once).
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     tune: TrialRef = field(default_factory=TrialRef)  # set by the search sweeper per trial
 
 
