@@ -100,9 +100,9 @@ def static_padding_net(net: CarNet, meta: BundleMeta) -> CarNet:
     """
     from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
 
-    from carclf.models.factory import build_net
+    from carclf.models.factory import build_from_meta
 
-    copy = build_net(meta.backbone, meta.num_classes, weights="none", head=meta.head)
+    copy = build_from_meta(meta)  # a CarNet, or an EnsembleNet of them
     copy.load_state_dict(net.state_dict())
     swapped = 0
     for parent in list(copy.modules()):

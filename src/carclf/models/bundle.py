@@ -107,13 +107,13 @@ def read_meta(folder: str | os.PathLike) -> BundleMeta:
 
 def load_bundle(folder: str | os.PathLike) -> tuple[CarNet, BundleMeta]:
     """Rebuild the network of a bundle (no download: weights come from the bundle)."""
-    from carclf.models.factory import build_net
+    from carclf.models.factory import build_from_meta
 
     folder = Path(folder)
     if not is_bundle(folder):
         raise ModelError(f"{folder}: not a carclf bundle (expected {META} and {WEIGHTS})")
     meta = read_meta(folder)
-    net = build_net(meta.backbone, meta.num_classes, weights="none", head=meta.head)
+    net = build_from_meta(meta)
     state = load_file(str(folder / WEIGHTS))
     try:
         net.load_state_dict(

@@ -116,6 +116,21 @@ def build_net(
     return CarNet(create_backbone(backbone, weights, drop_rate, drop_path_rate), num_classes, head)
 
 
+def build_from_meta(meta) -> nn.Module:
+    """The untrained network a bundle's metadata describes: a :class:`CarNet`, or an
+    :class:`~carclf.models.ensemble.EnsembleNet` of CarNets for an ensemble bundle."""
+    from carclf.models.ensemble import ENSEMBLE, EnsembleNet, member_specs
+
+    if meta.backbone != ENSEMBLE:
+        return build_net(meta.backbone, meta.num_classes, weights="none", head=meta.head)
+    specs = member_specs(meta)
+    if not specs:
+        raise ModelError("ensemble bundle without members in meta.extra['members']")
+    return EnsembleNet(
+        [build_net(m["backbone"], meta.num_classes, "none", m.get("head")) for m in specs]
+    )
+
+
 def data_config(backbone: nn.Module) -> dict:
     """Mean, std, input size and interpolation the backbone was trained with (timm's view)."""
     from timm.data import resolve_model_data_config
