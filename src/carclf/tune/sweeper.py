@@ -94,6 +94,8 @@ class OptunaSweeper(Sweeper):
             raise CarclfError(
                 "hydra/sweeper=carclf_optuna needs Optuna: pip install 'carclf[tune]'"
             ) from None
+        from optuna.trial import TrialState
+
         from carclf.tune.report import write_report
 
         assert self.config is not None and self.launcher is not None
@@ -124,7 +126,13 @@ class OptunaSweeper(Sweeper):
                 [*fixed, *as_overrides(p), *self._ref_overrides(ref, t.number)]
                 for t, p in zip(trials, params, strict=True)
             ]
-            self.validate_batch_is_legal(batch)
+            try:  # a search space naming a key that does not exist stops the search
+                self.validate_batch_is_legal(batch)
+            except Exception as e:
+                for t in trials:
+                    t.set_user_attr(REASON_ATTR, f"invalid overrides: {e}"[:500])
+                    study.tell(t, state=TrialState.FAIL)
+                raise CarclfError(f"the search's overrides do not compose: {e}") from None
             for t, p in zip(trials, params, strict=True):
                 t.set_user_attr("overrides", [*fixed, *as_overrides(p)])
             try:

@@ -93,9 +93,10 @@ def run_trial(cfg, run_dir: str | Path, train: Callable[..., dict]) -> float | N
     started = time.perf_counter()
     ref = cfg.tune
     trial = open_trial(ref)
-    rank0 = (
-        int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
-    )
+    # Lightning's own launcher sets LOCAL_RANK/NODE_RANK in the ranks it starts; SLURM sets
+    # SLURM_PROCID in every task it starts (slurm_ddp); torchrun sets RANK.
+    rank_vars = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    rank0 = all(os.environ.get(v, "0") == "0" for v in rank_vars)
     try:
         metrics = train(cfg, run_dir, callbacks=[TrialReporter(trial, ref.monitor)])
     except optuna.TrialPruned as e:
