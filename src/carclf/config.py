@@ -114,8 +114,20 @@ class PlanConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from ``teacher`` (carclf.distill): used only when it is set."""
+
+    temperature: float = 2.0  # softmax temperature of teacher and student in the KL term
+    alpha: float = 0.7  # share of the loss from the teacher (the rest: the true label)
+    tta: str = "none"  # views the teacher's answer per photo is merged over
+    unlabelled: list[str] = field(default_factory=list)  # photos with no label, teacher only
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
+    teacher: str | None = None  # a bundle (e.g. an ensemble) to distil into this model
+    distill: DistillConfig = field(default_factory=DistillConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     stages: dict[str, StageConfig] = field(default_factory=dict)

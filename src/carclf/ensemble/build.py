@@ -28,11 +28,10 @@ from carclf.evaluate.inputs import LabelMatcher
 from carclf.inference import Classifier, find_model
 from carclf.inference.files import infer_paths
 from carclf.models.bundle import BundleMeta, load_bundle, save_bundle
-from carclf.models.ensemble import ENSEMBLE, EnsembleNet
+from carclf.models.ensemble import ENSEMBLE, HELDOUT_FILE, EnsembleNet
 
 log = logging.getLogger(__name__)
 
-HELDOUT_FILE = "heldout.npz"
 CONTRACT = ("class_names", "label_values", "image_size", "mean", "std", "resize")
 
 

@@ -14,6 +14,9 @@ import torch
 from torch import nn
 
 ENSEMBLE = "ensemble"
+# Out-of-fold logits an ensemble bundle keeps (``logits``, ``labels``, ``tta``): held-out answers
+# for calibration-dependent choices such as pseudo-label thresholds.
+HELDOUT_FILE = "heldout.npz"
 
 
 class EnsembleNet(nn.Module):

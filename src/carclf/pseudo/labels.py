@@ -30,11 +30,10 @@ from carclf.evaluate.inputs import LabelMatcher, collect_inputs
 from carclf.inference import Classifier, find_model
 from carclf.inference.files import infer_paths
 from carclf.models.bundle import read_meta
+from carclf.models.ensemble import HELDOUT_FILE
 from carclf.pseudo.threshold import Threshold, choose_threshold
 
 log = logging.getLogger(__name__)
-
-HELDOUT_FILE = "heldout.npz"  # an ensemble bundle's out-of-fold logits (see carclf.ensemble)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from carclf.data.extra import read_extra
 from carclf.data.layouts import read_dataset
 from carclf.data.report import write_run_report
 from carclf.data.tta import TTA_PRESETS
+from carclf.distill import attach_teacher
 from carclf.errors import CarclfError
 from carclf.models.bundle import BundleMeta, save_bundle
 from carclf.models.module import CarClassifier
@@ -182,6 +183,8 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
         bad_files=bad,
         extra=extra,
     )
+    if cfg.get("teacher"):
+        attach_teacher(dm, cfg.teacher, cfg.distill, run_dir)
     meta = BundleMeta(
         backbone=m.backbone,
         class_names=index.class_names,
