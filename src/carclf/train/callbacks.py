@@ -383,7 +383,7 @@ class StagedFinetuning(pl.Callback):
 
     # -- optimizers -------------------------------------------------------------------------
     def _steps_per_epoch(self, stage: Stage, trainer: pl.Trainer) -> int:
-        n = len(trainer.datamodule.train_idx)
+        n = len(trainer.datamodule.rows("train"))  # data.extra / unlabelled rows included
         batches = n // stage.batch_size if n > stage.batch_size else 1
         limit = trainer.limit_train_batches
         if isinstance(limit, int):
