@@ -118,6 +118,16 @@ def test_batch_limits(classifier, photos):
         assert_error(c.post("/predict/batch", files=wrong), 400, "missing_file")
 
 
+def test_too_many_files_is_413_whatever_the_count(classifier, photos):
+    # the multipart parser stops at its own cap (max_files + 8): past it, still 413, not 400
+    with TestClient(create_app(classifier, max_files=2)) as c:
+        for n in (3, 10, 11, 40):
+            files = [("files", (f"{i}.jpg", photos[0], "image/jpeg")) for i in range(n)]
+            r = c.post("/predict/batch", files=files)
+            assert_error(r, 413, "too_many_files")
+            assert "limit 2" in r.json()["detail"], n
+
+
 # -- bad input -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", list(bad_inputs(b"\xff\xd8\xff")))
 def test_bad_input_gets_clear_4xx(client, photos, case):

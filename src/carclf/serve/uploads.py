@@ -174,6 +174,12 @@ async def read_files(
     try:
         form = await parser.parse()
     except MultiPartException as e:
+        if e.message.startswith("Too many files"):  # the parser stops counting at its own cap
+            raise ApiError(
+                413,
+                "too_many_files",
+                f"more than {max_files} files in one request, limit {max_files}",
+            ) from None
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {e.message}") from None
     try:
         if not form.multi_items():
