@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -133,3 +134,29 @@ def test_row_loss_weights_labels_and_soft_targets():
     a[3] = 1.0
     expected = (weight[idx] * ((1 - a) * torch.where(y >= 0, ce, 0) + a * kl)).mean()
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_pseudo_csv_keeps_test_photos_and_soft_labels(stanford, sets, tmp_path):
+    """A pseudo-label CSV (carclf.pseudo's columns) may hold test photos (its labels are the
+    model's); the same photos with true labels are leakage. Soft p:<label> columns are read."""
+    main, _, _ = sets
+    test_photo = sorted((stanford / "train" / "2").iterdir())[10]
+    (main / "test").mkdir()
+    shutil.copy(test_photo, main / "test" / "t1.jpg")
+    index = read_dataset(main)
+    assert len(index.test) == 1
+    rows = {"path": [str(test_photo)], "label": ["C"]}
+    pseudo = tmp_path / "pseudo.csv"
+    pd.DataFrame({**rows, "confidence": [0.97], "pseudo_model": ["m"],
+                  "p:A": [0.01], "p:B": [0.02], "p:C": [0.97]}).to_csv(pseudo, index=False)  # fmt: skip
+    labelled = tmp_path / "labelled.csv"
+    pd.DataFrame(rows).to_csv(labelled, index=False)
+    extra = read_extra([str(pseudo), str(labelled)], index, run_dir=tmp_path)
+    dm = CarDataModule(index=index, val_fraction=0.34, seed=0, num_workers=0, extra=extra)
+    kept = dm.extra_rows["path"].tolist()
+    assert kept == [str(test_photo)]  # once: from the pseudo CSV, not from the labelled one
+    assert extra.sets[1].leaked[0]["split"] == "test"
+    targets = dm.row_targets()
+    soft, alpha = targets["soft"], targets["alpha"]
+    assert np.allclose(soft[-1], [0.01, 0.02, 0.97]) and alpha[-1] == 1.0
+    assert np.isnan(soft[:-1]).all() and (alpha[:-1] == 0).all()

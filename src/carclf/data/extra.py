@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from carclf.data.check import check_file
-from carclf.data.layouts import DatasetIndex, read_dataset, read_table, resolve
+from carclf.data.layouts import READERS, DatasetIndex, detect_layout, read_table, resolve
 from carclf.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,9 @@ def read_extra_set(
     workers: int = 4,
 ) -> ExtraSet:
     """Read, map and check one extra source (folder, zip or CSV)."""
-    theirs = read_dataset(path, class_map="none")
+    source = resolve(path)
+    # not read_dataset: an extra set may hold a single class (e.g. a pseudo-label CSV)
+    theirs = READERS[detect_layout(source)](source, class_map="none")
     ours = _our_labels(index)
     lookup: dict[int, int | None] = {}
     for k, value in enumerate(theirs.label_values):
@@ -175,10 +177,9 @@ def read_extra_set(
             "md5": [c.md5 for c in checks],
         }
     )[ok].reset_index(drop=True)
-    p = resolve(path)
-    is_csv = p.is_file() and p.suffix.lower() == ".csv"
-    pseudo = is_csv and all(c in read_table(p).columns for c in PSEUDO_COLUMNS)
-    soft = _soft_targets(p, rows["path"], index) if pseudo else None
+    is_csv = source.is_file() and source.suffix.lower() == ".csv"
+    pseudo = is_csv and all(c in read_table(source).columns for c in PSEUDO_COLUMNS)
+    soft = _soft_targets(source, rows["path"], index) if pseudo else None
     return ExtraSet(str(path), rows, soft, pseudo, len(theirs.train), dict(dropped), bad)
 
 
