@@ -143,7 +143,15 @@ def main() -> None:
     rows = []
 
     def add(name: str, model: Path, seconds: float, note: str = "") -> None:
-        s = score(model, paths, labels, args.workers)
+        cached = out / f"score_{model.name}.json"  # scores are kept: a rerun only scores new models
+        meta = (
+            model / "meta.json" if (model / "meta.json").is_file() else model / "bundle/meta.json"
+        )
+        if cached.is_file() and cached.stat().st_mtime > meta.stat().st_mtime:
+            s = json.loads(cached.read_text())
+        else:
+            s = {**score(model, paths, labels, args.workers), "load": load()}
+            cached.write_text(json.dumps(s))
         rows.append({"model": name, **s, "train_s": seconds, "note": note})
         print(f"{name}: {s}  (load {load()})", flush=True)
 
