@@ -23,11 +23,13 @@ from carclf.data.images import MAX_PIXELS, load_rgb
 from carclf.data.presets import EvalPreset
 from carclf.data.tta import TTAPreset, merge_views, tta_preset
 from carclf.errors import ImageDecodeError, ModelError
-from carclf.inference.loading import find_model, load_checkpoint_net
+from carclf.inference.loading import find_model, int8_model, load_checkpoint_net
 from carclf.inference.onnx_backend import ONNX_FILE, OnnxBackend
 from carclf.inference.torch_backend import TorchBackend
 from carclf.models.bundle import BundleMeta, load_bundle, read_meta
 from carclf.models.network import CarNet
+
+BACKENDS = ("auto", "onnx", "int8", "torch")
 
 
 @dataclass
@@ -89,22 +91,31 @@ class Classifier:
         temperature: float | None = None,
         backend: str = "auto",
         tta: str | TTAPreset | None = None,
+        threads: int | None = None,
     ) -> Classifier:
         """Load a bundle, run folder or checkpoint.
 
         Args:
             backend: ``auto`` (ONNX Runtime where the bundle has a model.onnx and the device is
-                the CPU, else PyTorch), ``torch`` or ``onnx``.
+                the CPU, else PyTorch), ``torch``, ``onnx``, or ``int8`` (the bundle's
+                model.int8.onnx).
             tta: default test-time augmentation: a name in ``carclf.data.tta.TTA_PRESETS``
                 (``none``, ``hflip``, ``multiscale``, ...), a preset, or None.
+            threads: ONNX Runtime intra-op threads (default: see ``onnx_backend``).
         """
+        if backend not in BACKENDS:
+            raise ModelError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         target = find_model(path)
+        if backend == "int8":
+            onnx = OnnxBackend(int8_model(target), threads)
+            return cls(None, read_meta(target), "cpu", temperature, backend=onnx, tta=tta)
         if target.is_dir() and backend in ("auto", "onnx"):
             onnx_path = target / ONNX_FILE
             on_cpu = (device or "cpu") == "cpu" or not torch.cuda.is_available()
             if onnx_path.is_file() and (backend == "onnx" or on_cpu):
                 meta = read_meta(target)
-                return cls(None, meta, "cpu", temperature, backend=OnnxBackend(onnx_path), tta=tta)
+                onnx = OnnxBackend(onnx_path, threads)
+                return cls(None, meta, "cpu", temperature, backend=onnx, tta=tta)
             if backend == "onnx":
                 raise ModelError(f"{target}: no model.onnx; run: python -m carclf.export {target}")
         net, meta = load_checkpoint_net(target) if target.is_file() else load_bundle(target)

@@ -7,13 +7,15 @@ exporter, the service, the batch job) resolves a model path the same way.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
 
 from carclf.errors import ModelError
-from carclf.models.bundle import BundleMeta, is_bundle
+from carclf.inference.onnx_backend import INT8_CHECK_FILE, INT8_FILE
+from carclf.models.bundle import BundleMeta, is_bundle, read_meta
 from carclf.models.network import CarNet
 
 
@@ -36,21 +38,61 @@ def find_model(path: str | os.PathLike) -> Path:
     raise ModelError(f"{p}: no bundle/ and no checkpoints/best.ckpt or last.ckpt in this folder")
 
 
-def load_checkpoint_net(path: Path) -> tuple[CarNet, BundleMeta]:
-    """Network and metadata from a Lightning checkpoint written by carclf's training."""
-    from carclf.models.factory import build_net
-
+def _read_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise ModelError(f"{path}: cannot read checkpoint ({e})") from None
-    hp = ckpt.get("hyper_parameters", {})
-    if "meta" not in hp:
+    if "meta" not in ckpt.get("hyper_parameters", {}):
         raise ModelError(
             f"{path}: not a carclf checkpoint (no model metadata in its hyper-parameters)"
         )
-    meta = BundleMeta.from_dict(hp["meta"])
+    return ckpt
+
+
+def model_meta(path: str | os.PathLike) -> BundleMeta:
+    """The metadata (classes, preprocessing contract) of any model path, without building the net.
+
+    What a process that only decodes and preprocesses photos (a batch job's CPU tasks) needs.
+    """
+    target = find_model(path)
+    if target.is_dir():
+        return read_meta(target)
+    return BundleMeta.from_dict(_read_checkpoint(target)["hyper_parameters"]["meta"])
+
+
+def load_checkpoint_net(path: Path) -> tuple[CarNet, BundleMeta]:
+    """Network and metadata from a Lightning checkpoint written by carclf's training."""
+    from carclf.models.factory import build_net
+
+    ckpt = _read_checkpoint(path)
+    meta = BundleMeta.from_dict(ckpt["hyper_parameters"]["meta"])
     net = build_net(meta.backbone, meta.num_classes, weights="none", head=meta.head)
     state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(state, strict=True)
     return net.eval(), meta
+
+
+def int8_model(target: Path) -> Path:
+    """The bundle's ``model.int8.onnx`` if its export kept it, else a ModelError saying why not.
+
+    ``python -m carclf.export --int8 --max-drop N`` deletes an int8 model that lost more than N
+    points against fp32 on held-out photos and records the verdict in ``int8_check.json``.
+    """
+    path = target / INT8_FILE
+    check = target / INT8_CHECK_FILE
+    if target.is_dir() and not path.is_file() and check.is_file():
+        try:
+            c = json.loads(check.read_text())
+            why = (
+                f"{c['loss']:.2f} points lost on {c['photos']} held-out photos, "
+                f"limit {c['max_drop']:g}"
+            )
+        except (ValueError, KeyError, TypeError):
+            why = f"see {check}"
+        raise ModelError(f"{target}: its export refused the int8 model ({why}); use fp32")
+    if not target.is_dir() or not path.is_file():
+        raise ModelError(
+            f"{target}: no {INT8_FILE}; run: python -m carclf.export {target} --int8 --images DIR"
+        )
+    return path

@@ -24,6 +24,7 @@ from carclf.errors import ModelError
 
 ONNX_FILE = "model.onnx"  # the fp32 export inside a bundle
 INT8_FILE = "model.int8.onnx"  # its int8 version, when one was kept
+INT8_CHECK_FILE = "int8_check.json"  # int8 vs fp32 on held-out photos: kept or refused, and why
 THREADS_ENV = "CARCLF_ORT_THREADS"
 MAX_DEFAULT_THREADS = 8
 

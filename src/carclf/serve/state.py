@@ -6,7 +6,7 @@ import logging
 import os
 import time
 
-from carclf.inference import Classifier, find_model
+from carclf.inference import Classifier
 from carclf.serve.engine import Engine
 from carclf.serve.errors import ApiError
 from carclf.serve.limits import Limits
@@ -49,16 +49,4 @@ class ServiceState:
 
 def load_classifier(model: str | os.PathLike, backend: str = "auto") -> Classifier:
     """A CPU Classifier; ``backend`` ``int8`` runs the bundle's model.int8.onnx."""
-    if backend != "int8":
-        return Classifier.load(model, device="cpu", backend=backend)
-    from carclf.errors import ModelError
-    from carclf.inference.onnx_backend import OnnxBackend
-    from carclf.models.bundle import read_meta
-
-    target = find_model(model)
-    path = target / "model.int8.onnx"
-    if not path.is_file():
-        raise ModelError(
-            f"{target}: no model.int8.onnx; run: python -m carclf.export {target} --int8"
-        )
-    return Classifier(None, read_meta(target), "cpu", backend=OnnxBackend(path))
+    return Classifier.load(model, device="cpu", backend=backend)
