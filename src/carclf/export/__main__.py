@@ -32,6 +32,22 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(default: a run folder's training data, else synthetic images for parity)",
     )
     p.add_argument("--num-images", type=int, default=32, help="how many photos to use (32)")
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        metavar="POINTS",
+        help="keep model.int8.onnx only if it loses at most POINTS (accuracy where labels exist, "
+        "else top-1 agreement) against fp32 on held-out photos; else it is removed",
+    )
+    p.add_argument(
+        "--holdout",
+        nargs="+",
+        metavar="PATH",
+        help="held-out photos for --max-drop: folder (class folders give labels), zip, CSV or "
+        "Kaggle dataset (default: --images less the calibration photos)",
+    )
+    p.add_argument("--holdout-labels", metavar="CSV", help="labels of --holdout (Id,Category)")
+    p.add_argument("--holdout-images", type=int, default=200, help="held-out photos to use (200)")
     p.add_argument("--out", help="bundle folder to write (default: the model's own bundle)")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     return p
@@ -50,11 +66,20 @@ def main(argv: list[str] | None = None) -> int:
             num_images=args.num_images,
             out=args.out,
             opset=args.opset,
+            max_drop=args.max_drop,
+            holdout=args.holdout,
+            holdout_labels=args.holdout_labels,
+            holdout_images=args.holdout_images,
         )
     except CarclfError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(report.format())
+    if report.int8_check is not None and not report.int8_check.kept:
+        print(f"error: int8 model refused ({report.int8_check.measure} "
+              f"{report.int8_check.loss:.2f} points > --max-drop {args.max_drop:g})",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from carclf.errors import ModelError
+from carclf.export.int8_check import Int8Check, check_int8, holdout_photos, write_check
 from carclf.export.onnx import (
     FP32_TOLERANCE,
     OPSET,
@@ -43,6 +44,7 @@ class ExportReport:
     parity: list[Parity] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     int8_method: str | None = None
+    int8_check: Int8Check | None = None
 
     @property
     def ok(self) -> bool:
@@ -65,6 +67,10 @@ class ExportReport:
         if INT8_FILE in self.files and "static" in (self.int8_method or ""):
             lines.append("  (int8 was calibrated on these same photos)")
         lines += [f"  skipped (cannot decode): {s}" for s in self.skipped]
+        if self.int8_check is not None:
+            lines.append(self.int8_check.format())
+        elif INT8_FILE in self.files:
+            lines.append("  int8 not checked on held-out photos (pass --max-drop POINTS to check)")
         return "\n".join(lines)
 
 
@@ -125,6 +131,10 @@ def export_model(
     num_images: int = 32,
     out: str | os.PathLike | None = None,
     opset: int = OPSET,
+    max_drop: float | None = None,
+    holdout: list[str | os.PathLike] | None = None,
+    holdout_labels: str | os.PathLike | None = None,
+    holdout_images: int = 200,
 ) -> ExportReport:
     """Export ``model`` to ``model.onnx`` (and ``model.int8.onnx``) inside its bundle.
 
@@ -133,6 +143,10 @@ def export_model(
             training data of a run folder, when its config names one that still exists.
         num_images: how many of them to use.
         out: bundle folder to write (default: the model's own bundle, or one beside a checkpoint).
+        max_drop: keep the int8 model only if it loses at most this many points against fp32
+            on held-out photos (see :mod:`carclf.export.int8_check`); None: no check.
+        holdout: photos for that check (default: ``images`` less the calibration photos);
+            ``holdout_labels`` a CSV of their labels; ``holdout_images`` how many to use.
 
     Raises:
         ModelError: the model cannot be loaded or exported, or the fp32 export disagrees with
@@ -141,6 +155,8 @@ def export_model(
     if not images:
         data = run_data_folder(model)
         images = [data] if data else []
+    if max_drop is not None and not int8:
+        raise ModelError("--max-drop limits the int8 model's loss: pass --int8 too")
     if int8 and int8_method == "static" and not images:
         raise ModelError(
             "--int8 calibrates on real photos: pass --images DIR (a few dozen photos like those "
@@ -171,4 +187,18 @@ def export_model(
         )
         report.files[INT8_FILE] = q.stat().st_size
         report.parity.append(compare_logits(INT8_FILE, reference, onnx_logits(q, batch)))
+        if max_drop is None:
+            write_check(folder, None)  # an earlier verdict is about another int8 file
+            return report
+        used = list_images(images, num_images) if images else []
+        photos = holdout_photos(
+            meta,
+            list(holdout or images or []),
+            {os.path.realpath(p) for p in used},
+            holdout_images,
+            holdout_labels,
+        )
+        report.int8_check = check_int8(fp32, q, meta, photos, max_drop)
+        if not report.int8_check.kept:
+            report.files.pop(INT8_FILE, None)
     return report
