@@ -1,0 +1,393 @@
+"""Label doctor: rank the labelled photos whose given label is probably wrong, before training.
+
+    python -m carclf.data.doctor PATH [--out DIR] [--folds 5]
+
+How: every labelled photo goes once through a frozen pretrained backbone (the offline Lite0 by
+default; globally pooled features, cached in ``DIR``); a logistic regression on those features is
+fitted ``folds`` times, each time predicting the fold it did not see, so every photo gets
+*out-of-fold* class probabilities from a model that never saw its label. Confident learning
+(``cleanlab.filter.find_label_issues``: estimate the joint of given and true labels from
+per-class confidence thresholds, then flag the photos that joint says are off-diagonal) turns
+those probabilities into a list of likely label errors, ranked by cleanlab's self-confidence
+score (the out-of-fold probability of the given label; lower = more suspicious) and each with
+the class the model suggests.
+
+A cheap frozen-feature model confuses look-alike classes (two Audi coupes), and confident
+learning counts those confusions as label issues too: on stanford-cars-dev with 5% of the labels
+flipped it flags 3.5 times as many photos as were flipped (precision 0.21). The doctor therefore
+keeps only the flags whose given label the model finds implausible, an out-of-fold probability
+under ``max_score`` (1%, see BENCHMARKS.md for the trade-off); ``max_score=1`` keeps them all.
+
+Output: ``label_issues.csv`` (rank, path, id, given and suggested label and name, score,
+probability of the suggestion), and a gallery page. ``train.py data.exclude=DIR/label_issues.csv``
+trains without the flagged photos (:mod:`carclf.data.exclude`). Needs ``pip install
+'carclf[doctor]'`` (cleanlab, scikit-learn).
+
+The package boundary: this module uses a backbone from :mod:`carclf.models`, which imports
+nothing from :mod:`carclf.data`, so there is no cycle (``python ../shared/tools/package_cycles.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from carclf.data import html as H
+from carclf.data.layouts import DatasetIndex
+from carclf.errors import CarclfError
+
+log = logging.getLogger(__name__)
+
+ISSUES_FILE = "label_issues.csv"
+GALLERY_SHOWN = 40
+NEIGHBOURS = 3  # photos of the given and of the suggested class beside each flagged one
+
+
+class DoctorError(CarclfError):
+    """The label doctor cannot run on this dataset (too few photos per class, missing extra)."""
+
+
+@dataclass
+class DoctorResult:
+    """Out-of-fold probabilities and the flagged photos, most suspicious first."""
+
+    issues: pd.DataFrame  # rank, path, id, given_*, suggested_*, score, suggested_prob
+    paths: list[str]
+    labels: np.ndarray
+    pred_probs: np.ndarray
+    folds: int
+    backbone: str
+    feature_seconds: float
+    fit_seconds: float
+
+    @property
+    def oof_accuracy(self) -> float:
+        return float((self.pred_probs.argmax(1) == self.labels).mean())
+
+    def summary(self) -> dict:
+        return {
+            "photos": len(self.paths),
+            "flagged": len(self.issues),
+            "flagged_share": round(len(self.issues) / max(len(self.paths), 1), 4),
+            "folds": self.folds,
+            "backbone": self.backbone,
+            "oof_accuracy": round(self.oof_accuracy, 4),
+            "feature_seconds": round(self.feature_seconds, 1),
+            "fit_seconds": round(self.fit_seconds, 1),
+            "issues": self.issues.head(200).to_dict("records"),
+        }
+
+
+def _require():
+    try:
+        import cleanlab  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError as e:
+        raise DoctorError(
+            f"the label doctor needs {e.name}: pip install 'carclf[doctor]'"
+        ) from None
+
+
+# -- features ---------------------------------------------------------------------------------
+
+
+def _feature_key(paths: list[str], backbone: str, weights: str, size: int) -> str:
+    h = hashlib.sha1(f"{backbone}|{weights}|{size}".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}|missing\n".encode())
+    return h.hexdigest()[:16]
+
+
+def pooled_features(
+    paths: list[str],
+    backbone: str = "tf_efficientnet_lite0",
+    weights: str = "auto",
+    image_size: int = 224,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Globally pooled features of a frozen backbone, one row per path, and a mask of the rows
+    that decoded. Cached in ``cache_dir`` by paths, file sizes and times, backbone and size."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from carclf.data.dataset import CarDataset, skip_none_collate
+    from carclf.data.presets import EvalPreset
+    from carclf.models.factory import create_backbone, data_config
+
+    cache = None
+    if cache_dir is not None:
+        key = _feature_key(paths, backbone, weights, image_size)
+        cache = Path(cache_dir) / f"features-{backbone}-{image_size}-{key}.npz"
+        if cache.is_file():
+            with np.load(cache) as z:
+                return z["features"], z["valid"]
+    model = create_backbone(backbone, weights).eval()
+    cfg = data_config(model)
+    preset = EvalPreset(size=image_size, mean=cfg["mean"], std=cfg["std"])
+    loader = DataLoader(
+        CarDataset(paths, None, preset),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=skip_none_collate,
+    )
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc="label doctor: features", unit="batch", file=sys.stderr)
+    feats = np.zeros((len(paths), model.num_features), dtype=np.float32)
+    valid = np.zeros(len(paths), dtype=bool)
+    with torch.inference_mode():
+        for batch in loader:
+            if batch is None:
+                continue
+            x, _, idx = batch
+            feats[idx.numpy()] = model(x).mean((2, 3)).float().numpy()
+            valid[idx.numpy()] = True
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
+        os.close(fd)
+        np.savez(tmp, features=feats, valid=valid)
+        os.replace(tmp, cache)
+    return feats, valid
+
+
+# -- the diagnosis ----------------------------------------------------------------------------
+
+
+def out_of_fold_probs(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int, seed: int, C: float
+) -> np.ndarray:
+    """Class probabilities of each row from a logistic regression that did not see it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probs = np.zeros((len(labels), num_classes), dtype=np.float64)
+    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fit_idx, held_idx in split.split(features, labels):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+        clf.fit(features[fit_idx], labels[fit_idx])
+        probs[np.ix_(held_idx, clf.classes_)] = clf.predict_proba(features[held_idx])
+    return probs
+
+
+def diagnose(
+    index: DatasetIndex,
+    *,
+    backbone: str = "tf_efficientnet_lite0",
+    weights: str = "auto",
+    image_size: int = 224,
+    folds: int = 5,
+    C: float = 0.1,
+    max_score: float = 0.01,
+    seed: int = 0,
+    num_workers: int = 2,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> DoctorResult:
+    """Flag the labelled photos of ``index`` whose label is likely wrong (see the module doc)."""
+    _require()
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    if index.num_classes < 2:
+        raise DoctorError(f"{index.root}: the label doctor needs at least 2 classes")
+    if folds < 2:
+        raise DoctorError(f"folds={folds}: the label doctor needs at least 2 folds")
+    counts = index.train["label"].value_counts()
+    small = [
+        f"{index.class_names[k]!r} ({counts.get(k, 0)})"
+        for k in range(index.num_classes)
+        if counts.get(k, 0) < folds
+    ]
+    if small:
+        raise DoctorError(
+            f"{index.root}: {len(small)} class(es) have fewer labelled photos than the {folds} "
+            f"folds of the label doctor: {', '.join(small[:10])}"
+            + (" ..." if len(small) > 10 else "")
+            + "; add photos, or use fewer folds (--folds 3)"
+        )
+    paths = index.train["path"].tolist()
+    t0 = time.perf_counter()
+    feats, valid = pooled_features(
+        paths,
+        backbone,
+        weights,
+        image_size,
+        num_workers=num_workers,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    feature_seconds = time.perf_counter() - t0
+    keep = np.flatnonzero(valid)
+    rows = index.train.iloc[keep].reset_index(drop=True)
+    labels = rows["label"].to_numpy()
+    t0 = time.perf_counter()
+    probs = out_of_fold_probs(feats[keep], labels, index.num_classes, folds, seed, C)
+    issue = find_label_issues(labels, probs)
+    scores = get_label_quality_scores(labels, probs)
+    flagged = np.flatnonzero(issue & (scores < max_score))
+    flagged = flagged[np.argsort(scores[flagged], kind="stable")]
+    fit_seconds = time.perf_counter() - t0
+    suggested = probs.argmax(1)
+    values = index.label_values
+    issues = pd.DataFrame(
+        {
+            "rank": np.arange(1, len(flagged) + 1),
+            "path": rows["path"].to_numpy()[flagged],
+            "id": rows["id"].to_numpy()[flagged],
+            "given_label": [values[k] for k in labels[flagged]],
+            "given_name": [index.class_names[k] for k in labels[flagged]],
+            "suggested_label": [values[k] for k in suggested[flagged]],
+            "suggested_name": [index.class_names[k] for k in suggested[flagged]],
+            "score": np.round(scores[flagged], 4),
+            "suggested_prob": np.round(probs[flagged, suggested[flagged]], 4),
+        }
+    )
+    return DoctorResult(
+        issues,
+        rows["path"].tolist(),
+        labels,
+        probs,
+        folds,
+        backbone,
+        feature_seconds,
+        fit_seconds,
+    )
+
+
+def write_issues(result: DoctorResult, path: str | Path) -> Path:
+    """``label_issues.csv``, written atomically (usable as ``data.exclude``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".csv")
+    os.close(fd)
+    result.issues.to_csv(tmp, index=False)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+# -- the gallery ------------------------------------------------------------------------------
+
+
+def gallery_html(result: DoctorResult, index: DatasetIndex, thumbs=None) -> str:
+    """Each flagged photo with its given and suggested class, and a few photos of both beside."""
+    s = result.summary()
+    head = (
+        f"<p>{s['flagged']} of {s['photos']} labelled photos ({100 * s['flagged_share']:.1f}%) "
+        f"are probably mislabelled. Out-of-fold probabilities from a logistic regression on frozen "
+        f"{H.esc(result.backbone)} features ({result.folds} folds; out-of-fold accuracy "
+        f"{s['oof_accuracy']:.3f}), then confident learning (cleanlab). Score: the out-of-fold "
+        "probability of the given label (lower = more suspicious). The full list is in "
+        f"{ISSUES_FILE}; train without them with <code>data.exclude={ISSUES_FILE}</code>. "
+        "Look before you exclude: some flags are hard photos, not wrong labels.</p>"
+    )
+    if result.issues.empty or thumbs is None:
+        return head
+    flagged = set(result.issues["path"])
+    by_class: dict[str, list[str]] = {}
+    for p, k in zip(result.paths, result.labels, strict=True):
+        if p not in flagged:
+            by_class.setdefault(index.class_names[k], []).append(p)
+    shown = result.issues.head(GALLERY_SHOWN)
+    neighbours = {n: by_class.get(n, [])[:NEIGHBOURS] for n in shown["given_name"]}
+    neighbours |= {n: by_class.get(n, [])[:NEIGHBOURS] for n in shown["suggested_name"]}
+    thumbs.want(list(shown["path"]) + [p for ps in neighbours.values() for p in ps])
+    out = [head]
+    for r in shown.itertuples():
+        photo = H.figure(
+            thumbs[r.path], f"#{r.rank} {Path(r.path).name} · score {r.score:.3f}", r.path
+        )
+        given = "".join(H.figure(thumbs[p], Path(p).name) for p in neighbours[r.given_name])
+        sugg = "".join(H.figure(thumbs[p], Path(p).name) for p in neighbours[r.suggested_name])
+        out.append(
+            '<div class="pair issue">'
+            f'<div class="side">{photo}</div>'
+            f'<div class="side"><b>given: {H.esc(r.given_name)}</b><br>{given}</div>'
+            f'<div class="side"><b>suggested: {H.esc(r.suggested_name)}</b> '
+            f"(p = {r.suggested_prob:.2f})<br>{sugg}</div></div>"
+        )
+    if len(result.issues) > len(shown):
+        out.append(
+            f'<p class="note">... and {len(result.issues) - len(shown)} more in {ISSUES_FILE}.</p>'
+        )
+    return "".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from carclf.data.report import read_for_report
+
+    parser = argparse.ArgumentParser(
+        prog="python -m carclf.data.doctor", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("path", help="dataset: Kaggle layout, folder per class, CSV, or a zip")
+    parser.add_argument("--out", default="outputs/label-doctor", help="output folder")
+    parser.add_argument("--layout", default="auto", choices=["auto", "kaggle", "folders", "csv"])
+    parser.add_argument("--class-map", default="auto", help="auto, none, sfdl, or a classes.csv")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument(
+        "--max-score",
+        type=float,
+        default=0.01,
+        help="flag only photos whose given label has an out-of-fold probability under this",
+    )
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0")
+    parser.add_argument("--image-size", type=int, default=224)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    out = Path(args.out)
+    try:
+        index, notes = read_for_report(args.path, args.layout, args.class_map)
+        if index.num_classes < 2:
+            raise DoctorError(notes[-1] if notes else "the label doctor needs labelled photos")
+        out.mkdir(parents=True, exist_ok=True)
+        result = diagnose(
+            index,
+            backbone=args.backbone,
+            image_size=args.image_size,
+            folds=args.folds,
+            max_score=args.max_score,
+            cache_dir=out,
+            progress=sys.stderr.isatty(),
+        )
+    except CarclfError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    csv = write_issues(result, out / ISSUES_FILE)
+    page = H.page(
+        "carclf label doctor",
+        f"{index.root}. Written {time.strftime('%Y-%m-%d %H:%M')}.",
+        [("doctor", "Likely mislabelled photos", gallery_html(result, index, H.Thumbnails()))],
+    )
+    H.write_atomic(out / "label_issues.html", page)
+    s = result.summary()
+    print(
+        f"label doctor: {s['flagged']} of {s['photos']} labelled photos flagged "
+        f"(out-of-fold accuracy {s['oof_accuracy']:.3f}; features {s['feature_seconds']:.0f} s, "
+        f"folds {s['fit_seconds']:.0f} s)\n  {csv}\n  {out / 'label_issues.html'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
