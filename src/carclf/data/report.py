@@ -422,9 +422,11 @@ def render_html(
         for k, ps in samples.items():
             name = index.class_names[k]
             n = report["class_counts"].get(name, 0)
+            local = (index.class_names_local or [""] * (k + 1))[k]
             figs = "".join(H.figure(thumbs[p], _short(p, root)) for p in ps)
             rows.append(
-                f"<tr><th>{H.esc(name)}<br><span class=note>{n} photos</span></th><td>{figs}</td></tr>"
+                f"<tr><th>{H.esc(name)}{'<br>' + H.esc(local) if local else ''}<br>"
+                f"<span class=note>{n} photos</span></th><td>{figs}</td></tr>"
             )
         body = f'<table class="grid">{"".join(rows)}</table>'
         sections.append(("samples", "What each class looks like", body))
