@@ -161,10 +161,12 @@ def main() -> None:
         add("+ pseudo-labels", out / "single_pseudo",
             metrics(out / "single")["train_seconds"] + metrics(out / "single_pseudo")["train_seconds"],
             f"{p['kept']} test photos pseudo-labelled, precision {p['precision']:.3f} vs test-labels.csv")  # fmt: skip
+    if not all((out / f / "metrics.json").is_file() for f in folds):
+        folds = []  # members still training: no ensemble or student rows yet
     fold_s = sum(metrics(out / f)["train_seconds"] for f in folds)
-    if (out / "ensemble" / "meta.json").is_file():
+    if folds and (out / "ensemble" / "meta.json").is_file():
         add(f"{len(folds)}-model fold ensemble", out / "ensemble", fold_s)
-    if (out / "distilled" / "metrics.json").is_file():
+    if folds and (out / "distilled" / "metrics.json").is_file():
         add("ensemble distilled into one Lite0", out / "distilled",
             fold_s + metrics(out / "distilled")["train_seconds"])  # fmt: skip
     lines = [
