@@ -175,6 +175,7 @@ def test_exclude_removes_exactly_the_listed_photos(built, tmp_path):
         apply_exclude(index, tmp_path / "missing.csv")
 
 
+@pytest.mark.slow  # imports the whole training stack (Lightning, timm)
 def test_training_run_writes_the_report(built, tmp_path):
     from hydra import compose, initialize_config_dir
 
