@@ -302,6 +302,12 @@ def gallery_html(result: DoctorResult, index: DatasetIndex, thumbs=None) -> str:
         f"{ISSUES_FILE}; train without them with <code>data.exclude={ISSUES_FILE}</code>. "
         "Look before you exclude: some flags are hard photos, not wrong labels.</p>"
     )
+    if s["oof_accuracy"] < 0.5:  # e.g. a handful of photos per class: the flags are noise
+        head += (
+            f'<p class="card warn">The cheap model is right on only {s["oof_accuracy"]:.0%} of '
+            "the photos it did not see, so these flags say little: the doctor needs more photos "
+            "per class (dozens) to tell a wrong label from a hard photo.</p>"
+        )
     if result.issues.empty or thumbs is None:
         return head
     flagged = set(result.issues["path"])
@@ -316,7 +322,7 @@ def gallery_html(result: DoctorResult, index: DatasetIndex, thumbs=None) -> str:
     out = [head]
     for r in shown.itertuples():
         photo = H.figure(
-            thumbs[r.path], f"#{r.rank} {Path(r.path).name} · score {r.score:.3f}", r.path
+            thumbs[r.path], f"#{r.rank} {Path(r.path).name} · p(given) {r.score:.4f}", r.path
         )
         given = "".join(H.figure(thumbs[p], Path(p).name) for p in neighbours[r.given_name])
         sugg = "".join(H.figure(thumbs[p], Path(p).name) for p in neighbours[r.suggested_name])

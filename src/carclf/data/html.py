@@ -46,7 +46,8 @@ figcaption{font-size:.72em;color:#555;max-width:150px;overflow-wrap:anywhere}
 .pair{display:inline-block;border:1px solid #ddd;border-radius:6px;padding:.3em;margin:.3em;
 vertical-align:top}
 .pair.leak{border-color:#d33;background:#fdecec}
-.pair.issue{display:block}.pair.issue .side{display:inline-block;vertical-align:top;margin-right:1.2em}
+.pair.issue{display:flex;gap:1.2em;align-items:flex-start}
+.pair.issue .side figure img{height:72px}.pair.issue .side:first-child figure img{height:110px}
 .tag{display:inline-block;font-size:.75em;padding:0 .4em;border-radius:3px;background:#eee}
 .tag.leak{background:#d33;color:#fff}
 img.fig{max-width:100%;height:auto;border:0}
