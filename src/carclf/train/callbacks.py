@@ -23,7 +23,9 @@ state is loaded into it, so param groups always line up.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -67,6 +69,7 @@ class StagedFinetuning(pl.Callback):
         layer_decay: float | None = None,
         max_cache_mb: int = 2048,
         cache_dir: str | Path | None = None,
+        plan_file: str | Path | None = None,
         cache_engine: str = "auto",
         budget: Budget | None = None,
         plan: dict | None = None,
@@ -82,6 +85,7 @@ class StagedFinetuning(pl.Callback):
         # Budget planning (only used when a stage says ``auto``).
         self.budget = budget
         self.plan_cfg = dict(plan or {})
+        self.plan_file = Path(plan_file) if plan_file else None
         self.finish_views = finish_views  # network passes per validation image at the end
         self.plan: Plan | None = None
         self.resumed = False
@@ -141,12 +145,21 @@ class StagedFinetuning(pl.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if any(s.auto_epochs or s.auto_views for s in self.stages):
+            if self.plan is None and self.plan_file is not None and self.plan_file.is_file():
+                # A run restarted before its first checkpoint follows the plan it had made.
+                self.plan = Plan.from_dict(json.loads(self.plan_file.read_text()))
+                self.stages = with_plan(self.stages, self.plan.epochs, self.plan.views)
+                self.resumed, self.optim_stage = True, None
+                log.info(
+                    "budget plan (from %s): %s", self.plan_file, self.plan.describe(self.stages)
+                )
             if self.plan is None:
                 plan = self._make_plan(trainer, pl_module)
                 self.plan = Plan.from_dict(trainer.strategy.broadcast(plan.to_dict(), src=0))
                 self.stages = with_plan(self.stages, self.plan.epochs, self.plan.views)
                 self.optim_stage = None  # the optimizer was built before the plan: rebuild it
                 log.info("budget plan: %s", self.plan.describe(self.stages))
+                self._save_plan(trainer)
             self.budget.reserve = self.plan.estimate.get("finish_s", 0.0)
             trainer.fit_loop.max_epochs = total_epochs(self.stages)
         if self._restored_rng is not None:
@@ -344,6 +357,13 @@ class StagedFinetuning(pl.Callback):
         }
         return plan
 
+    def _save_plan(self, trainer) -> None:
+        if self.plan_file is None or not trainer.is_global_zero:
+            return
+        tmp = self.plan_file.with_name(self.plan_file.name + ".tmp")
+        tmp.write_text(json.dumps(self.plan.to_dict(), indent=1))
+        os.replace(tmp, self.plan_file)
+
     def _replan(self, stage: Stage) -> Stage:
         """Refine an ``auto`` stage's epochs from the time actually left when it starts.
 
@@ -379,6 +399,7 @@ class StagedFinetuning(pl.Callback):
             self.plan.epochs[stage.name] = epochs
             self.stages = with_plan(self.stages, self.plan.epochs, self.plan.views)
             self._trainer.fit_loop.max_epochs = total_epochs(self.stages)
+            self._save_plan(self._trainer)
         return self.stages[stage.index]
 
     # -- optimizers -------------------------------------------------------------------------

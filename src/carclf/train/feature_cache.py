@@ -50,7 +50,7 @@ from carclf.models.network import CarNet
 log = logging.getLogger(__name__)
 
 # How often (seconds) a build on disk records its progress: what a kill can cost at most.
-PROGRESS_EVERY_S = 10.0
+PROGRESS_EVERY_S = float(os.environ.get("CARCLF_CACHE_PROGRESS_S", "10"))
 
 
 @dataclass(frozen=True)

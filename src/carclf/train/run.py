@@ -19,7 +19,7 @@ import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from carclf.data.check import check_index
 from carclf.data.datamodule import CarDataModule
@@ -35,6 +35,7 @@ from carclf.models.module import CarClassifier
 from carclf.train.budget import Budget
 from carclf.train.callbacks import StagedFinetuning, TimeBudget
 from carclf.train.checkpoint import AtomicCheckpointIO
+from carclf.train.csv_log import ResumableCSVLogger
 from carclf.train.ema import EMA
 from carclf.train.loggers import chosen_loggers
 from carclf.train.plots import plot_curves
@@ -46,18 +47,25 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 
 
-def resume_config(run_dir: str | Path) -> tuple[DictConfig, Path]:
-    """The saved config and last checkpoint of a run to continue."""
+def resume_config(run_dir: str | Path) -> tuple[DictConfig, Path | None]:
+    """The saved config and last checkpoint of a run to continue.
+
+    A run killed before its first epoch ended has no checkpoint: it starts again in the same run
+    dir with the same config, and what it had already cached (see FeatureCache) is reused.
+    """
     run_dir = Path(run_dir).expanduser()
     cfg_path, ckpt = run_dir / CONFIG_FILE, run_dir / "checkpoints" / "last.ckpt"
     if not cfg_path.is_file():
         raise CarclfError(f"resume={run_dir}: no {CONFIG_FILE} there; is it a carclf run dir?")
-    if not ckpt.is_file():
-        raise CarclfError(
-            f"resume={run_dir}: no checkpoints/last.ckpt yet (the run stopped before its first epoch ended); start it again instead"
-        )
     cfg = OmegaConf.load(cfg_path)
     cfg.resume = str(run_dir)
+    if not ckpt.is_file():
+        log.warning(
+            "resume=%s: no checkpoint yet (killed before its first epoch ended): starting the run "
+            "again there, reusing its feature caches",
+            run_dir,
+        )
+        return cfg, None
     return cfg, ckpt
 
 
@@ -101,7 +109,13 @@ def run_data_check(index, run_dir: Path, enabled: bool, mode: str = "off") -> li
     return report.bad_paths
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, max_epochs: int) -> pl.Trainer:
+def build_trainer(
+    cfg: DictConfig,
+    run_dir: Path,
+    callbacks: list,
+    max_epochs: int,
+    resume_epoch: int | None = None,
+) -> pl.Trainer:
     t = cfg.trainer
     limits = {k: t[k] for k in ("limit_train_batches", "limit_val_batches") if t[k] is not None}
     return pl.Trainer(
@@ -123,7 +137,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, max_epochs: i
             cfg,
             run_dir,
             TensorBoardLogger(str(run_dir), name="logs", version="tensorboard"),
-            CSVLogger(str(run_dir), name="logs", version="csv"),
+            ResumableCSVLogger(run_dir, keep_through_epoch=resume_epoch),
         ),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
@@ -142,14 +156,21 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
     """
     started = time.perf_counter()
     ckpt_path = None
+    resume_epoch = None  # the last epoch the checkpoint covers (metrics.csv keeps rows up to it)
     if cfg.get("resume"):
         cfg, ckpt_path = resume_config(cfg.resume)
         run_dir = Path(cfg.resume)
-        log.info("resuming %s from %s", run_dir, ckpt_path)
+        resume_epoch = -1
+        if ckpt_path is not None:
+            log.info("resuming %s from %s", run_dir, ckpt_path)
+            resume_epoch = int(
+                torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["epoch"]
+            )
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if ckpt_path is None:
+    if resume_epoch is None:
         (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (run_dir / "plan.json").unlink(missing_ok=True)  # an earlier run's plan is not this one's
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
 
@@ -222,6 +243,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
         layer_decay=m.layer_decay,
         max_cache_mb=cfg.max_cache_mb,
         cache_dir=run_dir / "cache",
+        plan_file=run_dir / "plan.json",
         cache_engine=cfg.cache_engine,
         budget=budget,
         plan=OmegaConf.to_container(cfg.plan),
@@ -256,7 +278,9 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
                 monitor="val/acc", mode="max", patience=cfg.trainer.early_stopping_patience
             )
         )
-    trainer = build_trainer(cfg, run_dir, own + list(callbacks), total_epochs(stages))
+    trainer = build_trainer(
+        cfg, run_dir, own + list(callbacks), total_epochs(stages), resume_epoch=resume_epoch
+    )
 
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
@@ -269,7 +293,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) ->
         return {}
     metrics = {"epochs_completed": trainer.current_epoch}
     return finish(
-        cfg, run_dir, module, dm, stages, staged, ckpt_cb, ema, meta, train_seconds, metrics
+        cfg, run_dir, module, dm, staged.stages, staged, ckpt_cb, ema, meta, train_seconds, metrics
     )
 
 
@@ -288,9 +312,15 @@ def finish(
 ) -> dict:
     """Best weights -> temperature -> bundle, curves and metrics.json."""
     best = ckpt_cb.best_model_path
+    # The bundle's image size is that of the stage whose weights it keeps: with progressive
+    # resizing the best epoch may come from an earlier, smaller stage.
+    size = stages[-1].image_size
     if best and Path(best).is_file():
         state = torch.load(best, map_location="cpu", weights_only=False)
         module.load_state_dict(state["state_dict"])
+        best_stage = state.get("callbacks", {}).get("StagedFinetuning", {}).get("stage")
+        if best_stage is not None:
+            size = stages[best_stage].image_size
         shadow = state.get("callbacks", {}).get("EMA", {}).get("shadow")
         if shadow:
             module.net.load_state_dict({k: v.cpu() for k, v in shadow.items()}, strict=False)
@@ -298,7 +328,7 @@ def finish(
         module.net.load_state_dict(ema.shadow, strict=False)
     net = module.net.cpu().eval()
     module.input_start = 0
-    meta.image_size = stages[-1].image_size
+    meta.image_size = size
     dm.image_size = meta.image_size
     metrics = {
         "recipe": cfg.recipe,
