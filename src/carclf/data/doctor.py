@@ -243,7 +243,9 @@ def diagnose(
     labels = rows["label"].to_numpy()
     t0 = time.perf_counter()
     probs = out_of_fold_probs(feats[keep], labels, index.num_classes, folds, seed, C)
-    issue = find_label_issues(labels, probs)
+    # n_jobs=1: cleanlab's default forks a process pool, and a fork of a process that has run
+    # torch's thread pools can deadlock (it hung the test suite); the work is seconds anyway.
+    issue = find_label_issues(labels, probs, n_jobs=1)
     scores = get_label_quality_scores(labels, probs)
     flagged = np.flatnonzero(issue & (scores < max_score))
     flagged = flagged[np.argsort(scores[flagged], kind="stable")]
