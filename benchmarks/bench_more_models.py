@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/stanford-cars-dev")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs/bench-more")
     ap.add_argument("--recipe", default="cpu_best")
-    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--image-size", type=int, default=None, help="default: the recipe's")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--use-folds", type=int, default=None, help="ensemble only the first N folds")
     ap.add_argument("--min-precision", type=float, default=0.95)
@@ -114,9 +114,8 @@ def main() -> None:
     common = [
         f"experiment={args.recipe}",
         f"data.path={data}",
-        f"data.image_size={args.image_size}",
         "trainer.enable_progress_bar=false",
-    ]
+    ] + ([f"data.image_size={args.image_size}"] if args.image_size else [])
     folds = [f"fold{k}" for k in range(args.use_folds or args.folds)]
     pseudo_csv = out / "pseudo.csv"
     if "single" in steps:
