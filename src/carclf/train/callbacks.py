@@ -375,7 +375,7 @@ class StagedFinetuning(pl.Callback):
         ratio = (
             sum(t for _, t in done) / max(sum(predicted[i] for i, _ in done), 1e-6) if done else 1.0
         )
-        ratio = min(max(ratio, 0.5), 3.0)
+        ratio = min(max(ratio, 0.2), 5.0)
         fill = float(self.plan_cfg.get("fill", 0.94))
         deadline = fill * self.budget.seconds - self.budget.elapsed() - self.budget.reserve
         caches = self.plan.rates.get("stage_cache_s", [0.0] * len(self.stages))
