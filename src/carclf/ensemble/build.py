@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from carclf.data.run_split import run_config, run_folder, validation_rows
+from carclf.data.run_split import run_config, run_folder
 from carclf.errors import CarclfError
 from carclf.evaluate.calibration import fit_temperature
-from carclf.evaluate.inputs import LabelMatcher
+from carclf.evaluate.heldout import heldout_view_logits
 from carclf.inference import Classifier, find_model
-from carclf.inference.files import infer_paths
 from carclf.models.bundle import BundleMeta, load_bundle, save_bundle
 from carclf.models.ensemble import ENSEMBLE, HELDOUT_FILE, EnsembleNet
 
@@ -67,20 +66,14 @@ def out_of_fold_logits(
     source: str, clf: Classifier, tta: str, num_workers: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(logits merged over the TTA views, model labels) on the run's own validation photos."""
-    run = run_folder(source)
-    if run is None:
-        raise EnsembleError(
-            f"{source}: no training run around it (config.yaml); an ensemble refits its "
-            "temperature on each member's validation split, so pass run folders"
-        )
-    rows, values = validation_rows(run)
-    if not len(rows):
-        raise EnsembleError(f"{run}: no validation split (data.val_fraction=0) to calibrate on")
-    m = clf.meta
-    labels = LabelMatcher(m.label_values, m.class_names, m.class_names_local)(
-        [values[k] for k in rows["label"]], str(run)
+    res, labels = heldout_view_logits(
+        source,
+        clf,
+        tta,
+        num_workers,
+        why="an ensemble refits its temperature on each member's validation split, so pass run folders",
+        error=EnsembleError,
     )
-    res = infer_paths(clf, rows["path"].tolist(), tta, num_workers=num_workers)
     ok = res.ok
     if clf.tta_preset(tta).merge != "logits":
         raise EnsembleError(f"tta={tta}: the ensemble is calibrated on logit-merged policies")

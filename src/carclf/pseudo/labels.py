@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from carclf.data.run_split import run_config, run_folder, validation_rows
+from carclf.data.run_split import run_config, run_folder
 from carclf.data.tta import merge_views
 from carclf.errors import CarclfError, DataError, ModelError
-from carclf.evaluate.inputs import LabelMatcher, collect_inputs
+from carclf.evaluate.heldout import heldout_view_logits
+from carclf.evaluate.inputs import collect_inputs
 from carclf.inference import Classifier, find_model
 from carclf.inference.files import infer_paths
 from carclf.models.bundle import read_meta
@@ -80,20 +81,14 @@ def heldout_confidence(
             )
         probs = torch.softmax(torch.from_numpy(data["logits"]) / clf.temperature, 1).numpy()
         return probs.max(1), probs.argmax(1) == data["labels"]
-    run = run_folder(model)
-    if run is None:
-        raise CarclfError(
-            f"{model}: a precision target needs held-out labelled photos: pass the training run "
-            "folder (its validation split is rebuilt from config.yaml), not a bare bundle"
-        )
-    rows, values = validation_rows(run)
-    if not len(rows):
-        raise CarclfError(f"{run}: the run has no validation split (data.val_fraction=0)")
-    m = clf.meta
-    labels = LabelMatcher(m.label_values, m.class_names, m.class_names_local)(
-        [values[k] for k in rows["label"]], str(run)
+    res, labels = heldout_view_logits(
+        model,
+        clf,
+        tta,
+        num_workers,
+        why="a precision target needs held-out labelled photos: pass the training run folder "
+        "(its validation split is rebuilt from config.yaml), not a bare bundle",
     )
-    res = infer_paths(clf, rows["path"].tolist(), tta, num_workers=num_workers)
     ok = res.ok
     probs = merge_views(
         torch.from_numpy(res.logits[ok]), clf.temperature, clf.tta_preset(tta).merge
