@@ -12,7 +12,7 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     from carclf.train.multirun import single_job_command_line
-    from carclf.train.run import train
+    from carclf.train.run import clock_start, train
 
     run_dir = HydraConfig.get().runtime.output_dir
     with single_job_command_line():  # under -m, DDP ranks rerun this job, not the whole sweep
@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> float | None:
             from carclf.tune.trial import run_trial
 
             return run_trial(cfg, run_dir, train)
-        metrics = run_safely(lambda: train(cfg, run_dir))
+        metrics = run_safely(lambda: train(cfg, run_dir, started=clock_start()))
     return metrics.get("val_acc")  # the value a Hydra sweeper optimises
 
 

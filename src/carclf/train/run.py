@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from dataclasses import asdict
@@ -149,12 +150,43 @@ def build_trainer(
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
-def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | tuple = ()) -> dict:
+_runs_in_process = 0
+
+
+def clock_start() -> float:
+    """Where a command-line run's time budget starts (a ``time.perf_counter`` value).
+
+    For the first run of a ``train.py`` process, when the process started: a user times the
+    command, and the interpreter's start and the imports (seconds for torch) are part of it.
+    Later runs in the same process (the jobs of a sweep) start their clock when they are called.
+    """
+    global _runs_in_process
+    now = time.perf_counter()
+    _runs_in_process += 1
+    if _runs_in_process > 1:
+        return now
+    try:  # Linux: process start in clock ticks after boot, and the time since boot
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return now
+    return now - age if 0 <= age < 600 else now
+
+
+def train(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    callbacks: list | tuple = (),
+    started: float | None = None,
+) -> dict:
     """Train ``cfg`` into ``run_dir`` (or continue the run ``cfg.resume``); returns the metrics.
 
     ``callbacks`` are extra Lightning callbacks (e.g. for monitoring), added after carclf's own.
+    ``started`` (a ``time.perf_counter`` value, default now) is where the time budget starts;
+    ``train.py`` passes :func:`clock_start`.
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     ckpt_path = None
     resume_epoch = None  # the last epoch the checkpoint covers (metrics.csv keeps rows up to it)
     if cfg.get("resume"):
