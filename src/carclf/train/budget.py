@@ -89,12 +89,14 @@ class Plan:
         )
 
 
+def stage_cache_seconds(stage: Stage, cost: StageCost, views: int | None) -> float:
+    """Seconds ``stage``'s caches take with ``views`` for an ``auto``-views stage."""
+    v = views if (stage.auto_views and views) else stage.cache_views
+    return v * cost.cache_per_view + cost.cache_fixed
+
+
 def _cache_seconds(stages: list[Stage], costs: list[StageCost], views: int | None) -> float:
-    total = 0.0
-    for s, c in zip(stages, costs, strict=True):
-        v = views if (s.auto_views and views) else s.cache_views
-        total += v * c.cache_per_view + c.cache_fixed
-    return total
+    return sum(stage_cache_seconds(s, c, views) for s, c in zip(stages, costs, strict=True))
 
 
 def plan_budget(
@@ -113,7 +115,9 @@ def plan_budget(
     """Views and epochs for the ``auto`` stages so the run ends near ``fill`` x ``budget_s``."""
     available = fill * budget_s - elapsed_s - finish_s
     auto = [i for i, s in enumerate(stages) if s.auto_epochs]
-    fixed_epochs_s = sum(c.epoch * s.epochs for s, c in zip(stages, costs, strict=True) if not s.auto_epochs)
+    fixed_epochs_s = sum(
+        c.epoch * s.epochs for s, c in zip(stages, costs, strict=True) if not s.auto_epochs
+    )
     any_auto_views = any(s.auto_views for s in stages)
     candidates = range(max(max_views, min_views), min_views - 1, -1) if any_auto_views else [None]
     chosen, epochs = None, {}

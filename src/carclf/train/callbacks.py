@@ -35,7 +35,13 @@ import pytorch_lightning as pl
 import torch
 
 from carclf.data.dataset import MultiViewDataset
-from carclf.train.budget import Budget, Plan, plan_budget, replan_epochs
+from carclf.train.budget import (
+    Budget,
+    Plan,
+    plan_budget,
+    replan_epochs,
+    stage_cache_seconds,
+)
 from carclf.train.feature_cache import CacheKey, FeatureCache, prefix_fingerprint
 from carclf.train.optim import build_optimizer, build_scheduler, trainable_parameter_count
 from carclf.train.prefix_engine import make_engine, resolve_engine
@@ -347,15 +353,12 @@ class StagedFinetuning(pl.Callback):
                 if k in c
             },
         )
-        views = {
-            s.index: plan.views if (s.auto_views and plan.views) else s.cache_views
-            for s in self.stages
-        }
         plan.rates = {
             **rates,
             "epoch_s": [round(x.epoch, 3) for x in costs],
             "stage_cache_s": [
-                round(views[i] * x.cache_per_view + x.cache_fixed, 2) for i, x in enumerate(costs)
+                round(stage_cache_seconds(st, x, plan.views), 2)
+                for st, x in zip(self.stages, costs, strict=True)
             ],
             "measure_s": round(time.perf_counter() - t0, 1),
         }
