@@ -9,12 +9,12 @@ Settings: conf/predict.yaml and conf/tta/ (schema: carclf.evaluate.config.Predic
 says why they are read through the ConfigStore); library code: carclf.evaluate.run.
 """
 
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from carclf.cli import main_exit
 from carclf.evaluate.config import register_configs
 
 register_configs(Path(__file__).resolve().parent / "conf")
@@ -24,7 +24,7 @@ register_configs(Path(__file__).resolve().parent / "conf")
 def main(cfg: DictConfig) -> None:
     from carclf.evaluate.run import main as run
 
-    sys.exit(run(cfg))
+    main_exit(run, cfg)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from carclf.data import doctor  # noqa: E402
 from carclf.data.layouts import DatasetIndex, read_dataset  # noqa: E402
-from carclf.data.report import read_for_report, write_report  # noqa: E402
+from carclf.inspect import doctor  # noqa: E402
+from carclf.inspect.report import read_for_report, write_report  # noqa: E402
 
 
 def flip_labels(index: DatasetIndex, share: float, seed: int) -> tuple[DatasetIndex, np.ndarray]:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from carclf.data.datamodule import CarDataModule
 from carclf.models.module import CarClassifier
-from carclf.train.callbacks import StagedFinetuning
+from carclf.train.finetune import StagedFinetuning
 from carclf.train.stages import resolve_stages
 
 WARMUP = 8

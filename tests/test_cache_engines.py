@@ -18,8 +18,8 @@ from carclf.data.presets import EvalPreset, TrainPreset
 from carclf.errors import ConfigError
 from carclf.models import build_net
 from carclf.train import feature_cache
-from carclf.train.budget import StageCost, plan_budget, replan_epochs
 from carclf.train.feature_cache import CacheKey, FeatureCache, prefix_fingerprint
+from carclf.train.planner import StageCost, plan_budget, replan_epochs
 from carclf.train.prefix_engine import (
     PARITY_TOLERANCE,
     CheckedEngine,

@@ -15,8 +15,8 @@ from PIL import Image
 
 from carclf.data.exclude import apply_exclude
 from carclf.data.layouts import read_dataset
-from carclf.data.report import main, read_for_report, write_report
 from carclf.errors import DataError
+from carclf.inspect.report import main, read_for_report, write_report
 
 CLASSES = ("0", "12", "24")  # Hummer, Bugatti-like sports car, a sedan: any three distinct folders
 
@@ -180,14 +180,14 @@ def test_training_run_writes_the_report(built, tmp_path):
     from hydra import compose, initialize_config_dir
 
     import carclf.config  # noqa: F401  (registers the train_schema)
-    from carclf.train.run import run_data_check
+    from carclf.inspect.report import write_run_report
 
     root = Path(__file__).resolve().parents[1]
     with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["data.path=x", "data.exclude=a.csv"])
     assert cfg.data.report == "cheap" and cfg.data.exclude == "a.csv"
     index = read_dataset(built["root"])
-    bad = run_data_check(index, tmp_path, True, "cheap")
+    bad = write_run_report(index, tmp_path, "cheap").bad_paths
     assert [Path(p).name for p in bad] == ["broken.jpg"]
     for name in ("report.html", "report.json", "data_check.json"):
         assert (tmp_path / name).is_file()

@@ -13,12 +13,11 @@ from conftest import TINY, run_cli
 from omegaconf import OmegaConf
 
 from carclf.data.datamodule import CarDataModule
-from carclf.distill import attach_teacher
-from carclf.distill.targets import LOGITS_FILE
 from carclf.errors import CarclfError
 from carclf.models import build_net
 from carclf.models.bundle import BundleMeta, is_bundle, load_bundle, save_bundle
 from carclf.models.network import CarNet
+from carclf.train.distill import LOGITS_FILE, attach_teacher
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ pytest.importorskip("cleanlab")
 # A backbone forward pass over ~100 photos: seconds on a quiet CPU, minutes on a busy one.
 pytestmark = pytest.mark.slow
 
-from carclf.data import doctor  # noqa: E402
 from carclf.data.layouts import read_dataset  # noqa: E402
-from carclf.data.report import write_report  # noqa: E402
+from carclf.inspect import doctor  # noqa: E402
+from carclf.inspect.report import write_report  # noqa: E402
 
 # Eight Stanford Cars classes a frozen ImageNet backbone tells apart easily (SUV, supercar,
 # pickup, minivan, van, roadster, limousine...), so a flip to another of them is a clear error.

@@ -12,8 +12,8 @@ import torch
 from omegaconf import OmegaConf
 
 from carclf.ensemble import EnsembleError, build_ensemble
-from carclf.evaluate.calibration import fit_temperature
 from carclf.inference import Classifier
+from carclf.inference.calibration import fit_temperature
 from carclf.models import build_net
 from carclf.models.bundle import BundleMeta, load_bundle, read_meta, save_bundle
 from carclf.models.ensemble import ENSEMBLE, EnsembleNet

@@ -1,68 +1,148 @@
-"""The dependency rule: no two carclf sub-packages import each other.
+"""The architecture, as a test: carclf's layers, and the import rule between them.
 
-Read from the source (``ast``), not from ``sys.modules``, so a lazy import inside a function
-counts as much as one at the top of a module.
+``LAYERS`` below is the one definition of the shape of ``src/carclf`` (README's "Architecture"
+section explains it). Each top-level module or sub-package sits in one layer; an import may go
+to a lower layer, or stay inside its own package, never up. Apps (layer 4) never import each
+other: what two apps share moves down a layer. The imports are read from the source (``ast``),
+so a lazy import inside a function counts as much as one at the top of a module.
+
+Sizes are part of the shape too: no module over 400 lines, no function over 80.
 """
 
 from __future__ import annotations
 
 import ast
-import itertools
 import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "carclf"
 
-
-def package_imports() -> dict[str, dict[str, str]]:
-    """sub-package -> {sub-package it imports: the first file that does}."""
-    packages = sorted(p.name for p in SRC.iterdir() if (p / "__init__.py").is_file())
-    uses: dict[str, dict[str, str]] = {p: {} for p in packages}
-    for pkg in packages:
-        for f in sorted((SRC / pkg).rglob("*.py")):
-            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    names = [node.module]
-                elif isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                else:
-                    continue
-                for name in names:
-                    parts = name.split(".")
-                    if parts[0] == "carclf" and len(parts) > 1 and parts[1] in uses:
-                        if parts[1] != pkg:
-                            uses[pkg].setdefault(parts[1], f.relative_to(SRC).as_posix())
-    return uses
-
-
-def test_no_two_subpackages_import_each_other():
-    uses = package_imports()
-    pairs = [
-        f"{a} <-> {b} ({uses[a][b]}, {uses[b][a]})"
-        for a, b in itertools.combinations(sorted(uses), 2)
-        if b in uses[a] and a in uses[b]
-    ]
-    assert not pairs, "sub-packages that import each other: " + "; ".join(pairs)
+LAYERS: dict[str, int] = {
+    # 0: foundations, no torch: one error family, atomic writes, the CLI wrapper, HTML pages
+    "errors": 0,
+    "io": 0,
+    "cli": 0,
+    "html": 0,
+    # 1: the input pipeline: readers and layouts, decode, check, presets, TTA, DataModule
+    "data": 1,
+    # 2: networks: timm factory + offline weights, head, CarNet, LightningModule, bundle
+    "models": 2,
+    # 3: running a trained model: Classifier, backends, held-out logits, temperature
+    "inference": 3,
+    # 4: the apps, each on layers 0-3 only
+    "train": 4,
+    "evaluate": 4,
+    "inspect": 4,
+    "export": 4,
+    "serve": 4,
+    "batch": 4,
+    "tune": 4,
+    "ensemble": 4,
+    "pseudo": 4,
+    # 5: composition roots, imported by no package: the package facade and train.py's schema
+    "__init__": 5,
+    "config": 5,
+}
+APP = 4
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 80
 
 
-def test_inference_is_a_leaf_of_its_consumers():
-    """evaluate, export, serve and train get models from ``inference``; it imports none of them."""
-    uses = package_imports()
-    assert "inference" in uses
-    assert not {"evaluate", "export", "serve", "train", "batch"} & set(uses["inference"])
-    for consumer in ("evaluate", "export", "serve", "train"):
-        assert "inference" in uses[consumer], consumer
+def unit_of(path: Path, src: Path) -> str:
+    """The top-level module or sub-package a source file belongs to."""
+    rel = path.relative_to(src)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 
-def test_the_rule_catches_a_cycle(tmp_path, monkeypatch):
-    """The checker itself finds a planted pair (a test that cannot fail proves nothing)."""
-    for pkg, other in (("a", "b"), ("b", "a")):
+def _imported(node) -> list[str]:
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        return [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    return []
+
+
+def imports(src: Path = None) -> list[tuple[str, str, str, int]]:
+    """(importing unit, imported unit, file, line) for every carclf import between units."""
+    src = src or SRC
+    found = []
+    for f in sorted(src.rglob("*.py")):
+        me = unit_of(f, src)
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            targets = set()
+            for name in _imported(node):
+                parts = name.split(".")
+                if parts[0] == "carclf" and len(parts) > 1 and parts[1] != me:
+                    if (src / parts[1]).is_dir() or (src / f"{parts[1]}.py").is_file():
+                        targets.add(parts[1])
+            for them in sorted(targets):
+                found.append((me, them, f.relative_to(src).as_posix(), node.lineno))
+    return found
+
+
+def violations(src: Path = None, layers: dict[str, int] = LAYERS) -> list[str]:
+    src = src or SRC
+    units = {unit_of(f, src) for f in src.rglob("*.py")}
+    bad = [f"{u}: not in LAYERS (give it a layer)" for u in sorted(units - set(layers))]
+    for me, them, where, line in imports(src):
+        if me not in layers or them not in layers:
+            continue
+        a, b = layers[me], layers[them]
+        if b > a:
+            bad.append(f"{where}:{line}: {me} (layer {a}) imports {them} (layer {b}): up a layer")
+        elif a == b == APP:
+            bad.append(f"{where}:{line}: app {me} imports app {them}")
+    return bad
+
+
+def oversized(src: Path = None) -> list[str]:
+    src = src or SRC
+    bad = []
+    for f in sorted(src.rglob("*.py")):
+        text = f.read_text(encoding="utf-8")
+        rel = f.relative_to(src).as_posix()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            bad.append(f"{rel}: {len(text.splitlines())} lines (over {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    bad.append(f"{rel}:{node.lineno} {node.name}: {n} lines")
+    return bad
+
+
+def test_no_import_goes_up_a_layer_or_between_apps():
+    bad = violations()
+    assert not bad, "imports that break the layers:\n" + "\n".join(bad)
+
+
+def test_modules_and_functions_stay_small():
+    bad = oversized()
+    assert not bad, "too large:\n" + "\n".join(bad)
+
+
+def test_the_rules_catch_planted_violations(tmp_path, monkeypatch):
+    """The checkers find what they are for (a test that cannot fail proves nothing)."""
+    for pkg in ("data", "train", "serve"):
         (tmp_path / pkg).mkdir()
         (tmp_path / pkg / "__init__.py").write_text("")
-        (tmp_path / pkg / "m.py").write_text(f"def f():\n    from carclf.{other} import x\n")
-    monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path)
-    uses = package_imports()
-    assert uses == {"a": {"b": "a/m.py"}, "b": {"a": "b/m.py"}}
+    (tmp_path / "errors.py").write_text("")
+    (tmp_path / "data" / "m.py").write_text("def f():\n    from carclf.train.run import x\n")
+    (tmp_path / "serve" / "m.py").write_text("from carclf import train\nimport carclf.errors\n")
+    (tmp_path / "newpkg.py").write_text("")
+    body = "\n".join(f"    x = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "train" / "big.py").write_text(f"def f():\n{body}\n")
+    bad = violations(tmp_path)
+    assert any("data (layer 1) imports train (layer 4)" in b for b in bad), bad
+    assert any("app serve imports app train" in b for b in bad), bad
+    assert any("newpkg: not in LAYERS" in b for b in bad), bad
+    assert not any("errors" in b for b in bad), bad  # serve -> errors goes down: allowed
+    assert oversized(tmp_path) == [f"train/big.py:1 f: {MAX_FUNCTION_LINES + 1} lines"]
+
+
+def test_composition_roots_are_imported_by_no_package():
+    roots = {u for u, layer in LAYERS.items() if layer == 5}
+    users = [(me, them, where) for me, them, where, _ in imports() if them in roots]
+    assert not users, users
 
 
 def test_carclf_classifier_is_the_inference_one():
@@ -70,3 +150,8 @@ def test_carclf_classifier_is_the_inference_one():
     from carclf.inference.classifier import Classifier
 
     assert carclf.Classifier is Classifier
+
+
+if __name__ == "__main__":  # python tests/test_package_deps.py: print what breaks the shape
+    print("\n".join(violations() + oversized()) or "ok")
+    sys.exit(0)

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from carclf.data.inputs import LabelMatcher, collect_inputs
 from carclf.errors import DataError
-from carclf.evaluate.inputs import LabelMatcher, collect_inputs
 
 MATCH = LabelMatcher([0, 3, 5], ["Priora", "VAZ-2110", "Niva"], ["Приора", "ВАЗ-2110", "Нива"])
 

@@ -305,7 +305,7 @@ def test_int8_backend(bundle, tmp_path, photos):
     import shutil
 
     from carclf.errors import ModelError
-    from carclf.serve import load_classifier
+    from carclf.inference.loading import load_classifier
 
     clf = load_classifier(bundle, "int8")
     assert clf.backend.path.name == "model.int8.onnx"

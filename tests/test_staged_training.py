@@ -109,8 +109,8 @@ def test_stage_transitions(synthetic, tmp_path):
 def test_cache_matches_uncached_forward(synthetic):
     """A cached stage sees exactly the features the uncached network computes (eval view)."""
     from carclf.data.datamodule import CarDataModule
-    from carclf.models import build_net
     from carclf.data.dataset import MultiViewDataset
+    from carclf.models import build_net
     from carclf.train.feature_cache import CacheKey, FeatureCache, prefix_fingerprint
     from carclf.train.prefix_engine import TorchPrefix
 

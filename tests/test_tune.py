@@ -176,11 +176,10 @@ def test_killed_sweep_continues(synthetic, tmp_path):
     try:  # kill -9 while trial 1 trains
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
-            if (out / "1" / "config.yaml").is_file():
+            if (out / "1" / "checkpoints" / "last.ckpt").is_file():  # after its 1st epoch
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert proc.poll() is None, "the sweep ended before it could be killed"
-        time.sleep(1.0)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:

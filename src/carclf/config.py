@@ -14,7 +14,8 @@ from omegaconf import MISSING
 
 from carclf.data.presets import AugmentConfig
 from carclf.models.head import HeadConfig
-from carclf.train.loggers import LoggerConfig
+from carclf.train.planner import PlanConfig
+from carclf.train.stages import StageConfig
 from carclf.tune.config import TrialRef
 
 
@@ -33,10 +34,12 @@ class DataConfig:
     resize: str = "squash"  # squash (whole car) | crop (shorter side + centre crop)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     check: bool = True  # run the data check first; unreadable files are skipped
-    # Dataset report in the run dir (carclf.data.report): off | cheap (costs what the check
+    # Dataset report in the run dir (carclf.inspect, conf/callbacks/data_report): off | cheap (costs what the check
     # costs) | full (adds the label doctor, label_issues.csv). Needs check=true.
     report: str = "cheap"
-    exclude: str | None = None  # CSV (path or id column) of photos to leave out, e.g. label_issues.csv
+    exclude: str | None = (
+        None  # CSV (path or id column) of photos to leave out, e.g. label_issues.csv
+    )
     # Extra labelled sets (folders, zips, CSVs; carclf.data.extra): training split only.
     extra: list[str] = field(default_factory=list)
     extra_class_map: str | None = None  # CSV (their,ours) or YAML mapping; None: match labels
@@ -60,29 +63,6 @@ class ModelConfig:
 
 
 @dataclass
-class StageConfig:
-    """One step of a recipe. Stages run in order inside one Trainer.fit."""
-
-    epochs: Any = 1  # a whole number, or "auto": fill the time budget (trainer.time_budget_min)
-    unfreeze: float = 0.0  # fraction of backbone groups trained, counted from the top (1 = all)
-    trainable_groups: int | None = None  # exact number of top groups instead of a fraction
-    lr: float = 1e-3  # head learning rate
-    backbone_lr_scale: float = 0.1  # backbone lr = lr * this (times layer_decay^depth)
-    weight_decay: float = 0.01
-    optimizer: str = "adamw"  # adamw | sgd
-    scheduler: str = "cosine"  # cosine | onecycle | plateau | constant
-    warmup_epochs: float = 0.0
-    min_lr_ratio: float = 0.01
-    plateau_patience: int = 3
-    plateau_factor: float = 0.3
-    image_size: int | None = None  # None keeps the previous size
-    batch_size: int | None = None
-    augment_strength: float | None = None
-    cache: str = "auto"  # auto | on | off: compute the frozen prefix once (see FeatureCache)
-    cache_views: Any = 4  # augmented views per image kept in the cache, or "auto" (budget)
-
-
-@dataclass
 class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = "auto"
@@ -103,19 +83,8 @@ class TrainerConfig:
 
 
 @dataclass
-class PlanConfig:
-    """How `epochs: auto` and `cache_views: auto` fill trainer.time_budget_min (carclf.train.budget)."""
-
-    fill: float = 0.94  # aim to end at this share of the budget (the rest absorbs timing noise)
-    min_views: int = 2  # the plain view and its mirror
-    max_views: int = 16
-    cache_share: float = 0.45  # at most this share of the planned time builds caches
-    min_epochs: int = 6  # fewer views before fewer epochs than this
-
-
-@dataclass
 class DistillConfig:
-    """Knowledge distillation from ``teacher`` (carclf.distill): used only when it is set."""
+    """Knowledge distillation from ``teacher`` (carclf.train.distill): used only when it is set."""
 
     temperature: float = 2.0  # softmax temperature of teacher and student in the KL term
     alpha: float = 0.7  # share of the loss from the teacher (the rest: the true label)
@@ -145,8 +114,11 @@ class TrainConfig:
     # GPU) | torch | onnx (ONNX Runtime, checked against PyTorch on the first batch).
     cache_engine: str = "auto"
     plan: PlanConfig = field(default_factory=PlanConfig)
-    # Experiment loggers (conf/logger: tensorboard, csv, mlflow; several at once).
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # Experiment loggers (conf/logger: tensorboard, csv, mlflow; several at once) and extra
+    # callbacks (conf/callbacks): entries with a `_target_`, built by hydra.utils.instantiate.
+    logger: dict[str, Any] = field(default_factory=dict)
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    run_dir: str | None = None  # set by the run itself: ${run_dir} in conf/logger, conf/callbacks
     tune: TrialRef = field(default_factory=TrialRef)  # set by the search sweeper per trial
 
 

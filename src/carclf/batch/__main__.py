@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-from carclf.errors import CarclfError
+from carclf.cli import exit_code, main_exit
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,32 +51,34 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0 when every input has exactly one row; 1 when some are missing or duplicated; 2 (one line
+    on stderr) for bad input, before Ray starts."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return exit_code(lambda: _run(args))
+
+
+def _run(args) -> int:
     from carclf.batch.pipeline import run_batch
 
-    try:
-        report = run_batch(
-            args.model,
-            args.input,
-            args.output,
-            address=args.address,
-            workers=args.workers,
-            backend=args.backend,
-            device=args.device,
-            top_k=args.top_k,
-            batch_size=args.batch_size,
-            rows_per_block=args.rows_per_block,
-            num_cpus=args.num_cpus,
-            object_store_mb=args.object_store_mb,
-            progress=not args.no_progress,
-        )
-    except CarclfError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = run_batch(
+        args.model,
+        args.input,
+        args.output,
+        address=args.address,
+        workers=args.workers,
+        backend=args.backend,
+        device=args.device,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        rows_per_block=args.rows_per_block,
+        num_cpus=args.num_cpus,
+        object_store_mb=args.object_store_mb,
+        progress=not args.no_progress,
+    )
     print(report.format(), flush=True)
     return 0 if report.summary.missing == 0 and report.summary.duplicates == 0 else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_exit(main)

@@ -1,6 +1,6 @@
 """What a batch job predicts: the ``(id, path)`` rows behind its INPUT arguments.
 
-One folder, zip, CSV of paths or image file goes through :func:`carclf.evaluate.inputs.collect_inputs`,
+One folder, zip, CSV of paths or image file goes through :func:`carclf.data.inputs.collect_inputs`,
 exactly as ``predict.py`` reads it (ids are paths relative to the folder, or as the CSV writes
 them). Parquet files of paths (several files, or glob patterns such as ``lists/*.parquet``) are
 read here: a path column (``path``, ``filepath``, ``file``, ... as in CSVs), relative paths
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from carclf.data.inputs import collect_inputs
 from carclf.data.layouts import PATH_COLUMNS, pick_column
 from carclf.errors import DataError
-from carclf.evaluate.inputs import collect_inputs
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import pandas as pd
 
 from carclf import __version__
 from carclf.errors import CarclfError
+from carclf.io import write_json
 from carclf.models.bundle import BundleMeta
 
 MANIFEST = "_carclf_batch.json"
@@ -90,9 +90,7 @@ def prepare(out: Path, manifest: Manifest) -> None:
             f"{out}: folder is not empty and is not a carclf batch output (no {MANIFEST})"
         )
     out.mkdir(parents=True, exist_ok=True)
-    tmp = mpath.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(manifest), indent=2))
-    os.replace(tmp, mpath)
+    write_json(mpath, asdict(manifest), indent=2)
 
 
 def write_inputs(out: Path, rows: pd.DataFrame, rows_per_file: int) -> list[str]:

@@ -37,7 +37,8 @@ from carclf.batch.output import (
     write_inputs,
 )
 from carclf.errors import CarclfError
-from carclf.inference.loading import find_model, model_meta
+from carclf.inference.loading import find_model, int8_model, model_meta
+from carclf.models.bundle import BundleMeta
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,75 @@ def plan_resources(workers: int, device: str, local: bool) -> tuple[dict, int]:
     return {"num_cpus": per_actor, "memory": ACTOR_MEMORY}, threads
 
 
+def check_options(workers: int, top_k: int, batch_size: int, rows_per_block, device: str) -> None:
+    """A BatchError naming the first option that cannot work."""
+    for name, value in (("workers", workers), ("top-k", top_k), ("batch-size", batch_size)):
+        if value < 1:
+            raise BatchError(f"--{name} {value}: need at least 1")
+    if rows_per_block is not None and rows_per_block < 1:
+        raise BatchError(f"--rows-per-block {rows_per_block}: need at least 1")
+    if device not in ("cpu", "cuda"):
+        raise BatchError(f"--device {device!r}: choose cpu or cuda")
+
+
+def use_checkpoint(out: Path, progress: bool) -> None:
+    """Ray Data's exactly-once checkpoint on the ``id`` column, kept after success."""
+    import ray.data
+    from ray.data.checkpoint import CheckpointConfig
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.checkpoint_config = CheckpointConfig(
+        id_column="id",
+        checkpoint_path=str(out / CHECKPOINT),
+        delete_checkpoint_on_success=False,  # a rerun after success must skip everything
+    )
+
+
+def predict_files(
+    files: list[str],
+    out: Path,
+    target: Path,
+    meta: BundleMeta,
+    *,
+    per_block: int,
+    batch_size: int,
+    workers: int,
+    actor: dict,
+    predictor: dict,
+) -> None:
+    """Read the input list, decode, predict and write Parquet: the one Ray Data pipeline."""
+    import ray.data
+
+    from carclf.batch.stages import Predictor, decode
+
+    preset = {"size": meta.image_size, "mean": list(meta.mean), "std": list(meta.std)}
+    (
+        ray.data.read_parquet(files)
+        # Ray reads small files into one block; blocks of ``per_block`` rows let decoding,
+        # prediction and writing overlap, and make each output file (and commit) small.
+        .repartition(target_num_rows_per_block=per_block)
+        .map_batches(
+            decode,
+            batch_size=batch_size,
+            batch_format="numpy",
+            num_cpus=1,
+            fn_kwargs={**preset, "resize": meta.resize},
+        )
+        .map_batches(
+            Predictor,
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            fn_constructor_kwargs={"model": str(target), **predictor},
+            **actor,
+        )
+        # Writing a Parquet file is mostly I/O: a small CPU share lets each block be written
+        # (and committed) as soon as it is predicted, not after all decoding is done.
+        .write_parquet(str(out / PREDICTIONS), ray_remote_args={"num_cpus": 0.1})
+    )
+
+
 def run_batch(
     model: str | os.PathLike,
     inputs: list[str | os.PathLike],
@@ -141,18 +211,10 @@ def run_batch(
     Raises:
         ModelError / DataError / OutputError / BatchError: a clear one-line reason.
     """
-    for name, value in (("workers", workers), ("top-k", top_k), ("batch-size", batch_size)):
-        if value < 1:
-            raise BatchError(f"--{name} {value}: need at least 1")
-    if rows_per_block is not None and rows_per_block < 1:
-        raise BatchError(f"--rows-per-block {rows_per_block}: need at least 1")
-    if device not in ("cpu", "cuda"):
-        raise BatchError(f"--device {device!r}: choose cpu or cuda")
+    check_options(workers, top_k, batch_size, rows_per_block, device)
     target = find_model(model)  # a missing model fails before Ray starts
     meta = model_meta(target)
     if backend == "int8":  # fails now, not in every actor
-        from carclf.inference.loading import int8_model
-
         int8_model(target)
     out = Path(output).expanduser().resolve()
     rows = list_inputs(list(inputs))
@@ -162,59 +224,24 @@ def run_batch(
     started = start_ray(address, num_cpus, object_store_mb)
     try:
         import ray
-        import ray.data
-        from ray.data.checkpoint import CheckpointConfig
 
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = progress
-        ctx.checkpoint_config = CheckpointConfig(
-            id_column="id",
-            checkpoint_path=str(out / CHECKPOINT),
-            delete_checkpoint_on_success=False,  # a rerun after success must skip everything
-        )
+        use_checkpoint(out, progress)
         actor, threads = plan_resources(workers, device, local=started and not address)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         per_block = rows_per_block or min(1024, max(batch_size, len(rows) // (4 * cpus) or 1))
         files = write_inputs(out, rows, INPUT_ROWS_PER_FILE)
         log.info("%d inputs, %d already done; %d worker(s)", len(rows), skipped, workers)
-
-        from carclf.batch.stages import Predictor, decode
-
         start = time.perf_counter()
-        (
-            ray.data.read_parquet(files)
-            # Ray reads small files into one block; blocks of ``per_block`` rows let decoding,
-            # prediction and writing overlap, and make each output file (and commit) small.
-            .repartition(target_num_rows_per_block=per_block)
-            .map_batches(
-                decode,
-                batch_size=batch_size,
-                batch_format="numpy",
-                num_cpus=1,
-                fn_kwargs={
-                    "size": meta.image_size,
-                    "mean": list(meta.mean),
-                    "std": list(meta.std),
-                    "resize": meta.resize,
-                },
-            )
-            .map_batches(
-                Predictor,
-                batch_size=batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=workers),
-                fn_constructor_kwargs={
-                    "model": str(target),
-                    "backend": backend,
-                    "device": device,
-                    "threads": threads,
-                    "top_k": top_k,
-                },
-                **actor,
-            )
-            # Writing a Parquet file is mostly I/O: a small CPU share lets each block be written
-            # (and committed) as soon as it is predicted, not after all decoding is done.
-            .write_parquet(str(out / PREDICTIONS), ray_remote_args={"num_cpus": 0.1})
+        predict_files(
+            files,
+            out,
+            target,
+            meta,
+            per_block=per_block,
+            batch_size=batch_size,
+            workers=workers,
+            actor=actor,
+            predictor={"backend": backend, "device": device, "threads": threads, "top_k": top_k},
         )
         seconds = time.perf_counter() - start
     finally:
@@ -223,5 +250,4 @@ def run_batch(
 
             ray.shutdown()
     summary = summarize(out, rows["id"])
-    report = BatchReport(out, summary, skipped, summary.rows - skipped, seconds, workers, backend)
-    return report
+    return BatchReport(out, summary, skipped, summary.rows - skipped, seconds, workers, backend)

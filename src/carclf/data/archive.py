@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
 from carclf.errors import DataError
+from carclf.io import make_temp_dir, replace_dir
 
 
 def cache_root() -> Path:
@@ -54,8 +54,7 @@ def unpack(zip_path: str | os.PathLike) -> Path:
     dest = cache_root() / "unpacked" / f"{zip_path.stem}-{key}"
     if dest.is_dir():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=dest.parent))
+    tmp = make_temp_dir(dest.parent, ".partial-")
     try:
         try:
             with zipfile.ZipFile(zip_path) as zf:
@@ -65,7 +64,7 @@ def unpack(zip_path: str | os.PathLike) -> Path:
         _extract_nested(tmp)
         for junk in tmp.rglob("__MACOSX"):
             shutil.rmtree(junk, ignore_errors=True)
-        os.replace(tmp, dest)
+        replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

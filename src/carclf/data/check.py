@@ -3,37 +3,30 @@
 Run on its own as ``python -m carclf.data.check PATH [--json]`` or automatically before every
 training run. Every image is decoded once (in a thread pool), so unreadable, truncated, zero-byte
 and non-image files are found here and skipped in training instead of crashing mid-epoch.
+``check_index(index, with_facts=True)`` keeps the richer per-image facts of that one decode
+(:mod:`carclf.data.facts`) on the report, for the dataset report (:mod:`carclf.inspect.report`).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from carclf.data.images import MAX_PIXELS, open_image
+from carclf.cli import exit_code, main_exit
+from carclf.data.facts import FileCheck, ImageFacts, check_file, image_facts
 from carclf.data.layouts import DatasetIndex, read_dataset
-from carclf.errors import CarclfError, ImageDecodeError
+
+__all__ = ["CheckReport", "FileCheck", "check", "check_file", "check_index", "scan_files"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FileCheck:
-    path: str
-    ok: bool
-    width: int = 0
-    height: int = 0
-    md5: str = ""
-    error: str = ""
 
 
 @dataclass
@@ -50,13 +43,18 @@ class CheckReport:
     conflicting_duplicates: list[list[str]] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
     unlisted_files: list[str] = field(default_factory=list)
+    # With check_index(..., with_facts=True): one ImageFacts per train then test path, from the
+    # check's own decode (the dataset report's input). Not part of to_dict() / data_check.json.
+    facts: list[ImageFacts] | None = field(default=None, repr=False, compare=False)
 
     @property
     def bad_paths(self) -> list[str]:
         return [b["path"] for b in self.bad_files]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(replace(self, facts=None))
+        del out["facts"]
+        return out
 
     def summary(self) -> str:
         lines = [
@@ -94,18 +92,6 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_file(path: str, max_pixels: int = MAX_PIXELS) -> FileCheck:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        return FileCheck(path, False, error=f"cannot read: {e.strerror or e}")
-    try:
-        img = open_image(data, max_pixels=max_pixels)
-    except ImageDecodeError as e:
-        return FileCheck(path, False, md5=hashlib.md5(data).hexdigest(), error=e.reason)
-    return FileCheck(path, True, img.width, img.height, hashlib.md5(data).hexdigest())
-
-
 def scan_files(
     paths: list[str], file_check=check_file, workers: int = 4, progress: bool = False
 ) -> list:
@@ -124,16 +110,17 @@ def check_index(
     index: DatasetIndex,
     workers: int = 4,
     progress: bool = False,
-    results: list[FileCheck] | None = None,
+    *,
+    with_facts: bool = False,
 ) -> CheckReport:
     """Decode every train and test image of ``index`` and summarise what was found.
 
-    ``results`` (one :class:`FileCheck` per train then test path) skips the decoding: the dataset
-    report passes its own richer per-image facts so each image is decoded once for both.
+    ``with_facts``: decode with :func:`carclf.data.facts.image_facts` instead (a draft decode
+    that also hashes and measures each image) and keep those facts on the report's
+    ``facts``, so the dataset report needs no second decode.
     """
     paths = index.train["path"].tolist() + index.test["path"].tolist()
-    if results is None:
-        results = scan_files(paths, check_file, workers, progress)
+    results = scan_files(paths, image_facts if with_facts else check_file, workers, progress)
     by_path = {r.path: r for r in results}
     bad = [{"path": r.path, "error": r.error} for r in results if not r.ok]
     ok = [r for r in results if r.ok]
@@ -174,6 +161,7 @@ def check_index(
         conflicting_duplicates=conflicting,
         missing_files=list(index.missing),
         unlisted_files=list(index.unlisted),
+        facts=results if with_facts else None,
     )
 
 
@@ -197,16 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        report = check(
-            args.path, args.layout, args.class_map, progress=not args.json and sys.stderr.isatty()
-        )
-    except CarclfError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: _run(args))
+
+
+def _run(args) -> None:
+    report = check(
+        args.path, args.layout, args.class_map, progress=not args.json and sys.stderr.isatty()
+    )
     print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.summary())
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_exit(main)

@@ -2,15 +2,15 @@
 
 ``image_size``, ``batch_size`` and ``augment_strength`` are plain attributes: the stage callback
 sets them between epochs and the trainer (``reload_dataloaders_every_n_epochs=1``) asks for fresh
-loaders. A stage may also install its own loaders (e.g. over cached features) through
-``loader_overrides``; ``before_loader`` lets the callback apply a stage before Lightning builds
-the loaders of an epoch (Lightning reloads loaders *before* ``on_train_epoch_start``).
+loaders. A ``loader_source`` (the stage callback) is asked first for every train and validation
+loader: it applies the epoch's stage (Lightning builds an epoch's loaders *before*
+``on_train_epoch_start``) and may answer with its own loader, e.g. over cached features.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,11 @@ from carclf.data.presets import AugmentConfig, EvalPreset, TrainPreset
 from carclf.data.split import fold_split, stratified_split
 
 log = logging.getLogger(__name__)
+
+
+class LoaderSource(Protocol):
+    def loader(self, split: str) -> DataLoader | None:
+        """A loader for ``split`` (train | val), or None for the DataModule's own."""
 
 
 class CarDataModule(pl.LightningDataModule):
@@ -80,8 +85,7 @@ class CarDataModule(pl.LightningDataModule):
         if extra is not None:
             extra.remove_leaks(self.rows("val"), self.index.test, self.rows("train"))
             self.add_train_rows(extra.rows, extra.soft)
-        self.loader_overrides: dict[str, Callable[[], DataLoader]] = {}
-        self.before_loader: Callable[[], None] | None = None
+        self.loader_source: LoaderSource | None = None
 
     # -- facts ----------------------------------------------------------------------------
     @property
@@ -203,28 +207,23 @@ class CarDataModule(pl.LightningDataModule):
         )
 
     # -- Lightning hooks ------------------------------------------------------------------------
-    def _prepare(self, kind: str):
-        if self.before_loader is not None:
-            self.before_loader()
-        return self.loader_overrides.get(kind)
+    def _from_source(self, split: str) -> DataLoader | None:
+        return self.loader_source.loader(split) if self.loader_source is not None else None
 
     def train_dataloader(self) -> DataLoader:
-        override = self._prepare("train")
-        if override is not None:
-            return override()
+        custom = self._from_source("train")
+        if custom is not None:
+            return custom
         return self.loader(self.dataset("train"), shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        override = self._prepare("val")
-        if override is not None:
-            return override()
+        custom = self._from_source("val")
+        if custom is not None:
+            return custom
         return self.loader(self.dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
         return self.loader(self.dataset("test"))
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
 
     def tta_dataloader(self, policy, split: str = "test") -> DataLoader:
         """Eval loader whose items are ``(list of view tensors, label, index)`` for a TTA policy.

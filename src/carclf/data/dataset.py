@@ -15,10 +15,12 @@ log = logging.getLogger(__name__)
 
 
 class CarDataset(Dataset):
-    """Items are ``(image tensor, label, index)``; ``label`` is -1 for unlabelled images.
+    """Items are ``(transform(image), label, index)``; ``label`` is -1 for unlabelled images.
 
     The index travels with every item so predictions map back to their rows whatever the order
-    of the loader (shuffling, TTA views, skipped files).
+    of the loader (shuffling, TTA views, skipped files). ``draft_size`` lets the JPEG decoder
+    downscale large photos by a power of two while keeping at least that many pixels on each
+    side (see :func:`carclf.data.images.open_image`).
     """
 
     def __init__(
@@ -27,47 +29,13 @@ class CarDataset(Dataset):
         labels: Sequence[int] | None,
         transform: Callable,
         max_pixels: int = MAX_PIXELS,
+        draft_size: int | None = None,
     ):
         self.paths = list(paths)
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
         self.transform = transform
         self.max_pixels = max_pixels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            image = load_rgb(self.paths[i], max_pixels=self.max_pixels)
-        except ImageDecodeError as e:
-            log.warning("skipping unreadable image %s", e)
-            return None
-        return self.transform(image), self.labels[i], i
-
-
-class MultiViewDataset(Dataset):
-    """Items are ``(views tensor V x C x H x W, label, index)``: every view from ONE decode.
-
-    A feature cache wants several views of each image (the plain image, its mirror, random
-    crops). Decoding the file once per view made decoding the cache build's main cost on a
-    small CPU; here each file is opened and decoded once and all ``transforms`` run on that
-    array. ``draft_size`` lets the JPEG decoder downscale large photos by a power of two while
-    keeping at least that many pixels on each side (see :func:`carclf.data.images.open_image`).
-    """
-
-    def __init__(
-        self,
-        paths: Sequence[str],
-        labels: Sequence[int] | None,
-        transforms: Sequence[Callable],
-        draft_size: int | None = None,
-        max_pixels: int = MAX_PIXELS,
-    ):
-        self.paths = list(paths)
-        self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
-        self.transforms = list(transforms)
         self.draft_size = draft_size
-        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -78,7 +46,34 @@ class MultiViewDataset(Dataset):
         except ImageDecodeError as e:
             log.warning("skipping unreadable image %s", e)
             return None
-        return torch.stack([t(image) for t in self.transforms]), self.labels[i], i
+        return self.apply(image), self.labels[i], i
+
+    def apply(self, image):
+        return self.transform(image)
+
+
+class MultiViewDataset(CarDataset):
+    """Items are ``(views tensor V x C x H x W, label, index)``: every view from ONE decode.
+
+    A feature cache wants several views of each image (the plain image, its mirror, random
+    crops). Decoding the file once per view made decoding the cache build's main cost on a
+    small CPU; here each file is opened and decoded once and all ``transforms`` run on that
+    array.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: Sequence[int] | None,
+        transforms: Sequence[Callable],
+        draft_size: int | None = None,
+        max_pixels: int = MAX_PIXELS,
+    ):
+        super().__init__(paths, labels, None, max_pixels, draft_size)
+        self.transforms = list(transforms)
+
+    def apply(self, image) -> torch.Tensor:
+        return torch.stack([t(image) for t in self.transforms])
 
 
 def skip_none_collate(batch):

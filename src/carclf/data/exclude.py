@@ -1,7 +1,7 @@
 """``data.exclude``: train without the photos a CSV lists (e.g. the label doctor's flags).
 
 The CSV needs a ``path`` column (absolute, or relative to the dataset root) or an ``id`` column
-(the dataset's own ids, as in train.csv); ``label_issues.csv`` from :mod:`carclf.data.doctor` has
+(the dataset's own ids, as in train.csv); ``label_issues.csv`` from :mod:`carclf.inspect.doctor` has
 both. Only labelled (train) rows are removed: test photos are never trained on. A listed photo
 that is not in the dataset is counted in a warning; a CSV none of whose rows match is an error,
 since it almost always means the CSV belongs to other data.

@@ -19,10 +19,8 @@ then train on the probabilities instead of the one label.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ import pandas as pd
 from carclf.data.check import check_file
 from carclf.data.layouts import READERS, DatasetIndex, detect_layout, read_table, resolve
 from carclf.errors import DataError
+from carclf.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -255,11 +254,7 @@ class ExtraData:
     def write_report(self) -> None:
         if self.report_path is None:
             return
-        text = json.dumps([s.summary() for s in self.sets], indent=1, ensure_ascii=False)
-        fd, tmp = tempfile.mkstemp(dir=self.report_path.parent, prefix=".extra-")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, self.report_path)
+        write_json(self.report_path, [s.summary() for s in self.sets], indent=1)
 
 
 def read_extra(

@@ -1,6 +1,7 @@
-"""Per-image facts for the dataset report, from one decode per image.
+"""Per-image facts, from one read and one decode per image: the data check's and the report's.
 
-The data check decodes every image to find broken files; the report needs more about each one
+:func:`check_file` is what the data check needs of a file (readable? size, MD5);
+:func:`image_facts` is the same check plus what the dataset report needs about each one
 (file size, stored mode, EXIF orientation, grayscale or not, perceptual hashes). All of it comes
 from the same single read: the bytes give the MD5 and size, the header gives mode and EXIF, and
 one *draft* decode (the JPEG decoder scales down by a power of two while decoding, reading the
@@ -8,7 +9,7 @@ whole stream, so truncated files still fail) gives pixels enough for the hashes 
 test. A 400 px photo is then checked in about 2 ms instead of the full decode's 6 ms.
 
 Hashes: ``imagehash``'s DCT hash (phash) and gradient hash (dhash), 64 bits each. Near
-duplicates are pairs whose summed Hamming distance is small (see :mod:`carclf.data.duplicates`);
+duplicates are pairs whose summed Hamming distance is small (see :mod:`carclf.inspect.duplicates`);
 phash alone confuses different studio shots of the same car at 10 bits while a 3% crop of one
 photo moves it by as much, and the two hashes together separate them better. ``imagehash`` is an
 optional dependency (``pip install carclf[doctor]``); without it the facts carry no hashes and
@@ -25,7 +26,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from carclf.data.check import FileCheck
 from carclf.data.images import MAX_PIXELS, open_image
 from carclf.errors import ImageDecodeError
 
@@ -40,6 +40,18 @@ try:  # optional: near-duplicate search
     import imagehash
 except ImportError:  # pragma: no cover - exercised only without the doctor extra
     imagehash = None
+
+
+@dataclass
+class FileCheck:
+    """Whether one file decodes (``error`` says why not), its size as displayed and its MD5."""
+
+    path: str
+    ok: bool
+    width: int = 0
+    height: int = 0
+    md5: str = ""
+    error: str = ""
 
 
 @dataclass
@@ -59,13 +71,34 @@ def _hash_int(h) -> int:
     return int(str(h), 16)
 
 
-def image_facts(path: str, max_pixels: int = MAX_PIXELS) -> ImageFacts:
-    """Read and decode ``path`` once; never raises for a bad file (``ok=False`` with the reason)."""
+def _read(path: str) -> tuple[bytes, str] | FileCheck:
+    """The bytes of ``path`` and their MD5, or the failed check of an unreadable file."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
-        return ImageFacts(path, False, error=f"cannot read: {e.strerror or e}")
-    md5 = hashlib.md5(data).hexdigest()
+        return FileCheck(path, False, error=f"cannot read: {e.strerror or e}")
+    return data, hashlib.md5(data).hexdigest()
+
+
+def check_file(path: str, max_pixels: int = MAX_PIXELS) -> FileCheck:
+    """Read and fully decode ``path``; never raises for a bad file (``ok=False`` with the reason)."""
+    read = _read(path)
+    if isinstance(read, FileCheck):
+        return read
+    data, md5 = read
+    try:
+        img = open_image(data, max_pixels=max_pixels)
+    except ImageDecodeError as e:
+        return FileCheck(path, False, md5=md5, error=e.reason)
+    return FileCheck(path, True, img.width, img.height, md5)
+
+
+def image_facts(path: str, max_pixels: int = MAX_PIXELS) -> ImageFacts:
+    """Read and draft-decode ``path`` once; never raises for a bad file (``ok=False``)."""
+    read = _read(path)
+    if isinstance(read, FileCheck):
+        return ImageFacts(path, False, error=read.error)
+    data, md5 = read
     try:
         img = open_image(data, max_pixels=max_pixels, draft_size=HASH_DRAFT)
     except ImageDecodeError as e:
@@ -101,15 +134,3 @@ def image_facts(path: str, max_pixels: int = MAX_PIXELS) -> ImageFacts:
         facts.phash = _hash_int(imagehash.phash(img))
         facts.dhash = _hash_int(imagehash.dhash(img))
     return facts
-
-
-def thumbnail_jpeg(path: str, size: int = 112, quality: int = 80) -> bytes | None:
-    """A JPEG thumbnail whose longer side is ``size`` (draft-decoded), or None if unreadable."""
-    try:
-        img = open_image(path, draft_size=size)
-    except ImageDecodeError:
-        return None
-    img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from carclf.cli import main_exit
+from carclf.io import make_temp_dir, replace_dir
 
 CLASSES = ["synthetic sedan", "synthetic hatchback", "synthetic SUV", "synthetic pickup"]
 
@@ -106,8 +106,7 @@ def make_dataset(
     """Write the dataset to ``out`` (replacing it) and return the path."""
     out = Path(out)
     rng = np.random.default_rng(seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=out.parent))
+    tmp = make_temp_dir(out.parent, ".synthetic-")
     train_rows, test_rows = [], []
     n = 0
     for label in range(len(CLASSES)):
@@ -136,10 +135,7 @@ def make_dataset(
     (tmp / "classes.csv").write_text(
         "Category,name\n" + "".join(f"{k},{name}\n" for k, name in enumerate(CLASSES))
     )
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return replace_dir(tmp, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,4 +156,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_exit(main)

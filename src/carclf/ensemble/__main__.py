@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from carclf.cli import run_safely
+from carclf.cli import main_exit
 from carclf.ensemble.build import build_ensemble
 
 
@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    folder, metrics = run_safely(
-        lambda: build_ensemble(args.runs, args.out, tta=args.tta, num_workers=args.num_workers)
+    folder, metrics = build_ensemble(
+        args.runs, args.out, tta=args.tta, num_workers=args.num_workers
     )
     print(json.dumps(metrics, indent=1))
     print(f"ensemble bundle: {folder}")
@@ -31,4 +31,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main_exit(main)

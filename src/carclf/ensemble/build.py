@@ -15,17 +15,16 @@ contract (image size, mean, std, resize); otherwise the error names the two runs
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from carclf.data.run_split import run_config, run_folder
 from carclf.errors import CarclfError
-from carclf.evaluate.calibration import fit_temperature
-from carclf.evaluate.heldout import heldout_view_logits
 from carclf.inference import Classifier, find_model
+from carclf.inference.calibration import fit_temperature
+from carclf.inference.heldout import heldout_view_logits
+from carclf.io import atomic_path
 from carclf.models.bundle import BundleMeta, load_bundle, save_bundle
 from carclf.models.ensemble import ENSEMBLE, HELDOUT_FILE, EnsembleNet
 
@@ -81,13 +80,9 @@ def out_of_fold_logits(
 
 
 def _save_heldout(folder: Path, logits: np.ndarray, labels: np.ndarray, tta: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".heldout-", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, logits=logits.astype(np.float32), labels=labels, tta=np.array(tta))
-        os.replace(tmp, folder / HELDOUT_FILE)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(folder / HELDOUT_FILE) as tmp, open(tmp, "wb") as f:
+        # a file object: given a name, np.savez would append ".npz" to the temporary one
+        np.savez(f, logits=logits.astype(np.float32), labels=labels, tta=np.array(tta))
 
 
 def build_ensemble(

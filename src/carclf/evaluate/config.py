@@ -19,12 +19,6 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from carclf.errors import CarclfError
-
-
-class ConfigError(CarclfError):
-    """A predict/evaluate setting is missing or has a value that cannot work."""
-
 
 @dataclass
 class PredictConfig:

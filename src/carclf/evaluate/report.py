@@ -8,40 +8,19 @@ competition's classes) appear in the per-class table, the confusion matrix and t
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from carclf import html as H
 from carclf.evaluate.evaluation import Evaluation
 from carclf.evaluate.plots import confusion_png, gallery_png, reliability_png
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1300px;
-color:#222;padding:0 1em}
-h1{margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-.sub{color:#666;margin-top:0}
-table{border-collapse:collapse;margin:.5em 0}
-td,th{padding:.25em .7em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
-th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}
-.card{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:9em}
-.card b{display:block;font-size:1.5em}.card span{color:#666;font-size:.85em}
-img{max-width:100%;height:auto;border:1px solid #eee}
-.note{color:#666;font-size:.9em}
-.wide{overflow-x:auto}.wide img{max-width:none}
-"""
-
 
 def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _card(value: str, label: str) -> str:
-    return f'<div class="card"><b>{html.escape(value)}</b><span>{html.escape(label)}</span></div>'
+    return H.img(H.data_uri(png, "image/png"), alt)
 
 
 def _f1_colour(f1: float) -> str:
@@ -93,12 +72,12 @@ def render_html(
     t = ev.temperature
     cards = "".join(
         [
-            _card(f"{ev.accuracy:.1%}", "accuracy (top-1)"),
-            _card(f"{ev.top3:.1%}", "top-3 accuracy"),
-            _card(f"{ev.report.macro_f1:.3f}", "macro F1"),
-            _card(f"{ev.ece_raw:.3f}", "ECE at T = 1"),
-            _card(f"{ev.ece_scaled:.3f}", f"ECE at T = {t:.2f}"),
-            _card(f"{ev.num_scored}", "images scored"),
+            H.card(f"{ev.accuracy:.1%}", "accuracy (top-1)"),
+            H.card(f"{ev.top3:.1%}", "top-3 accuracy"),
+            H.card(f"{ev.report.macro_f1:.3f}", "macro F1"),
+            H.card(f"{ev.ece_raw:.3f}", "ECE at T = 1"),
+            H.card(f"{ev.ece_scaled:.3f}", f"ECE at T = {t:.2f}"),
+            H.card(f"{ev.num_scored}", "images scored"),
         ]
     )
     counts = (
@@ -116,37 +95,47 @@ def render_html(
         f"<tr><td>{html.escape(str(i))}</td><td>{html.escape(str(r))}</td></tr>"
         for i, r in errors.items()
     )
-    unreadable = (
-        f"<h2>Unreadable images ({len(errors)})</h2><table><tr><th>image</th><th>reason</th></tr>"
-        f"{bad}</table>"
-        if errors
-        else ""
-    )
-    title = html.escape(str(context.get("title", "carclf evaluation report")))
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{CSS}</style></head>
-<body>
-<h1>{title}</h1>
-<p class="sub">{html.escape(counts)} Written {time.strftime("%Y-%m-%d %H:%M")}.</p>
-<div class="cards">{cards}</div>
-{_kv_table({k: v for k, v in context.items() if k != "title"})}
-<h2>Calibration</h2>
-<p>{html.escape(calib)}</p>
+    sections = [
+        (
+            "calibration",
+            "Calibration",
+            f"""<p>{html.escape(calib)}</p>
 {_img(figures["reliability"], "reliability diagrams")}
 <p class="note">Blue bars: accuracy of the images whose top-1 confidence falls in each bin; the
 diagonal is perfect calibration; hatched red: the gap to the bin's mean confidence (above a bar:
-over-confident, inside it: under-confident); green: how many images fall in each bin.</p>
-<h2>Per-class precision, recall and F1</h2>
-{_class_table(ev)}
-<h2>Confusion matrix</h2>
-<h3>Most frequent confusions</h3>
+over-confident, inside it: under-confident); green: how many images fall in each bin.</p>""",
+        ),
+        ("classes", "Per-class precision, recall and F1", _class_table(ev)),
+        (
+            "confusion",
+            "Confusion matrix",
+            f"""<h3>Most frequent confusions</h3>
 {_confusions_table(ev)}
-<div class="wide">{_img(figures["confusion"], "confusion matrix")}</div>
-<h2>Most confident mistakes ({len(ev.mistakes)})</h2>
-{_img(figures["mistakes"], "most confident mistakes")}
-{unreadable}
-</body></html>
-"""
+<div class="wide">{_img(figures["confusion"], "confusion matrix")}</div>""",
+        ),
+        (
+            "mistakes",
+            f"Most confident mistakes ({len(ev.mistakes)})",
+            _img(figures["mistakes"], "most confident mistakes"),
+        ),
+    ]
+    if errors:
+        sections.append(
+            (
+                "unreadable",
+                f"Unreadable images ({len(errors)})",
+                f"<table><tr><th>image</th><th>reason</th></tr>{bad}</table>",
+            )
+        )
+    top = f'<div class="cards">{cards}</div>\n'
+    top += _kv_table({k: v for k, v in context.items() if k != "title"})
+    return H.page(
+        str(context.get("title", "carclf evaluation report")),
+        f"{counts} Written {time.strftime('%Y-%m-%d %H:%M')}.",
+        sections,
+        top,
+        nav=False,
+    )
 
 
 def write_report(

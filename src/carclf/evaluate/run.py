@@ -10,7 +10,6 @@ and still gets a (fallback) row in the submission.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -21,11 +20,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from carclf.cli import exit_code
+from carclf.data.inputs import InputSet, LabelMatcher, collect_inputs
 from carclf.data.tta import TTAPreset, merge_views
-from carclf.errors import CarclfError, ModelError
-from carclf.evaluate.config import ConfigError
+from carclf.errors import ConfigError
 from carclf.evaluate.evaluation import score
-from carclf.evaluate.inputs import InputSet, LabelMatcher, collect_inputs
 from carclf.evaluate.report import write_report
 from carclf.evaluate.submission import (
     fallback_label,
@@ -37,6 +36,7 @@ from carclf.evaluate.submission import (
 )
 from carclf.inference.classifier import Classifier
 from carclf.inference.files import ViewLogits, infer_paths
+from carclf.inference.loading import load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +70,13 @@ def build_tta(spec, classifier: Classifier) -> TTAPreset:
     return classifier.check_tta(preset)
 
 
-def load_classifier(cfg: DictConfig) -> tuple[Classifier, TTAPreset]:
-    """The model and its TTA preset. With ``backend=auto``, a policy the exported ONNX model
-    cannot run (views of another size) switches to the PyTorch backend instead of failing."""
-    device = None if cfg.device == "auto" else cfg.device
-    clf = Classifier.load(cfg.model, device=device, backend=cfg.backend)
-    try:
-        return clf, build_tta(cfg.tta, clf)
-    except ModelError as e:
-        if cfg.backend != "auto" or clf.backend.name == "torch":
-            raise
-        log.info("%s: using the PyTorch backend", e)
-        clf = Classifier.load(cfg.model, device=device, backend="torch")
-        return clf, build_tta(cfg.tta, clf)
+def load_model(cfg: DictConfig) -> tuple[Classifier, TTAPreset]:
+    """The model and its TTA preset from predict.py's settings (see ``load_classifier``: with
+    ``backend=auto``, a policy the ONNX model cannot run switches to the PyTorch backend)."""
+    clf = load_classifier(
+        cfg.model, cfg.backend, device=cfg.device, tta=lambda c: build_tta(cfg.tta, c)
+    )
+    return clf, clf.tta
 
 
 def _log_errors(items: InputSet, errors: dict[int, str]) -> None:
@@ -111,7 +105,7 @@ def _submission(cfg, items: InputSet, predicted: dict, fallback) -> tuple[pd.Dat
 
 def predict(cfg: DictConfig) -> PredictResult:
     """Predict every input image; write the submission and the top-k CSV."""
-    clf, tta = load_classifier(cfg)
+    clf, tta = load_model(cfg)
     m = clf.meta
     match = LabelMatcher(m.label_values, m.class_names, m.class_names_local)
     if cfg.labels and not cfg.evaluate:
@@ -232,15 +226,14 @@ def _check_required(cfg: DictConfig) -> None:
 
 
 def main(cfg: DictConfig) -> int:
-    """The CLI body: run, and turn a user error into one line on stderr and exit status 2."""
-    try:
-        _check_required(cfg)
-        if cfg.evaluate:
-            evaluate(cfg)
-        else:
-            predict(cfg)
-    except CarclfError as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """The CLI body (``predict.py`` runs it through ``cli.main_exit``): 0, or 2 with one line on
+    stderr for a user error."""
+    return exit_code(lambda: _run(cfg))
+
+
+def _run(cfg: DictConfig) -> None:
+    _check_required(cfg)
+    if cfg.evaluate:
+        evaluate(cfg)
+    else:
+        predict(cfg)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from carclf.cli import main_exit
 from carclf.errors import CarclfError
 from carclf.export.onnx import OPSET
 from carclf.export.quantize import METHODS
+
+# The exporter's exit status for a model it cannot export or an int8 model it refused: 1, as it
+# always was (tests check it), not the 2 of carclf's other commands.
+NOT_EXPORTED = 1
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -54,6 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0 when exported; 1 (one line on stderr) when the model cannot be exported or its int8
+    version was refused."""
     args = get_args_parser().parse_args(argv)
     from carclf.export.pipeline import export_model
 
@@ -71,17 +78,17 @@ def main(argv: list[str] | None = None) -> int:
             holdout_labels=args.holdout_labels,
             holdout_images=args.holdout_images,
         )
-    except CarclfError as e:
+    except CarclfError as e:  # returned, not exited: tests call main() (see cli.run_safely)
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return NOT_EXPORTED
     print(report.format())
     if report.int8_check is not None and not report.int8_check.kept:
         print(f"error: int8 model refused ({report.int8_check.measure} "
               f"{report.int8_check.loss:.2f} points > --max-drop {args.max_drop:g})",
               file=sys.stderr)  # fmt: skip
-        return 1
+        return NOT_EXPORTED
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_exit(main)

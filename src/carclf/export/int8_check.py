@@ -15,7 +15,6 @@ service and the batch job (``--backend int8``) refuse it with the reason instead
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -23,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from carclf.data.inputs import LabelMatcher, collect_inputs
 from carclf.errors import DataError, ModelError
 from carclf.inference.onnx_backend import INT8_CHECK_FILE, INT8_FILE
+from carclf.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,6 @@ def holdout_photos(
 ) -> Holdout:
     """Up to ``limit`` photos from ``sources`` that are not in ``exclude`` (the calibration set),
     labelled with the model's class indices where the source has labels it knows."""
-    from carclf.evaluate.inputs import LabelMatcher, collect_inputs
-
     match = LabelMatcher(meta.label_values, meta.class_names, meta.class_names_local)
     paths: list[str] = []
     labels: list[int] = []
@@ -168,6 +167,4 @@ def write_check(bundle: Path, check: Int8Check | None) -> None:
     if check is None:
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(check), indent=2))
-    os.replace(tmp, path)
+    write_json(path, asdict(check), indent=2)

@@ -9,17 +9,15 @@ dynamo exporter also needs ``onnxscript``), works offline, and exports the convo
 backbones carclf uses exactly (max logit difference ~1e-6). The batch axis is dynamic, so one file
 serves batch 1 and batch 32; height and width are fixed to the bundle's image size.
 
-TF-ported backbones (``tf_efficientnet_*``) pad stride-2 convolutions "same" as TensorFlow does,
-computed from the input size at every call. Exported as is, that becomes a float subgraph
-(Shape, Div, Ceil, Clip) per convolution, which int8 quantization then rounds into wrong pad
-widths. Since the size is fixed, the export uses a copy of the network whose pads are constants.
+TF-ported backbones (``tf_efficientnet_*``) pad "same" from the input size at every call; since the
+size is fixed, the export uses a copy of the network whose pads are constants
+(:func:`carclf.models.padding.static_padding_net`), which int8 quantization cannot round wrong.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,8 +27,10 @@ import torch
 
 from carclf.errors import ModelError
 from carclf.inference.onnx_backend import OnnxBackend
+from carclf.io import atomic_path
 from carclf.models.bundle import BundleMeta
 from carclf.models.network import CarNet
+from carclf.models.padding import static_padding_net
 
 OPSET = 17
 INPUT = "input"
@@ -61,14 +61,6 @@ def onnx_metadata(meta: BundleMeta) -> dict[str, str]:
     return {k: json.dumps(v, ensure_ascii=False) for k, v in values.items()}
 
 
-def _atomic_target(path: Path) -> Path:
-    """A temporary file beside ``path``: written fully, then renamed over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
-    return Path(tmp)
-
-
 def _put_metadata(model, props: dict[str, str]) -> None:
     """Make ``props`` the metadata_props of a loaded ONNX model (replacing any there)."""
     del model.metadata_props[:]
@@ -84,47 +76,8 @@ def set_metadata(onnx_path: str | os.PathLike, props: dict[str, str]) -> None:
     path = Path(onnx_path)
     model = onnx.load(str(path))
     _put_metadata(model, props)
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def static_padding_net(net: CarNet, meta: BundleMeta) -> CarNet:
-    """A copy of ``net`` whose TF-"same" convolutions pad by constants for ``meta.image_size``.
-
-    Rebuilt from ``meta`` (not deep-copied: CarNet's chunk functions refer to their own backbone)
-    with timm's export-friendly ``Conv2dSameExport``, which fixes its padding on the first call.
-    """
-    from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
-
-    from carclf.models.factory import build_from_meta
-
-    copy = build_from_meta(meta)  # a CarNet, or an EnsembleNet of them
-    copy.load_state_dict(net.state_dict())
-    swapped = 0
-    for parent in list(copy.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is Conv2dSame:
-                static = Conv2dSameExport(
-                    child.in_channels,
-                    child.out_channels,
-                    child.kernel_size,
-                    stride=child.stride,
-                    dilation=child.dilation,
-                    groups=child.groups,
-                    bias=child.bias is not None,
-                )
-                static.load_state_dict(child.state_dict())
-                setattr(parent, name, static)
-                swapped += 1
-    copy.eval()
-    if swapped:
-        with torch.no_grad():  # fixes each layer's padding for this input size
-            copy(torch.zeros(1, 3, meta.image_size, meta.image_size))
-    return copy
 
 
 def export_onnx(net: CarNet, meta: BundleMeta, path: str | os.PathLike, opset: int = OPSET) -> Path:
@@ -138,36 +91,32 @@ def export_onnx(net: CarNet, meta: BundleMeta, path: str | os.PathLike, opset: i
     if opset < 17:
         raise ModelError(f"opset {opset}: carclf exports need opset 17 or newer")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     net = static_padding_net(net.eval().float().cpu(), meta)
     dummy = torch.zeros(1, 3, meta.image_size, meta.image_size)
-    tmp = _atomic_target(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-            torch.onnx.export(
-                net,
-                (dummy,),
-                str(tmp),
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT],
-                output_names=[OUTPUT],
-                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-                do_constant_folding=True,
-            )
-        model = onnx.load(str(tmp))
-        onnx.checker.check_model(model)
-        model.doc_string = f"carclf {meta.backbone} classifier, {meta.num_classes} classes"
-        _put_metadata(model, onnx_metadata(meta))
-        onnx.save(model, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+                torch.onnx.export(
+                    net,
+                    (dummy,),
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[INPUT],
+                    output_names=[OUTPUT],
+                    dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                    do_constant_folding=True,
+                )
+            model = onnx.load(str(tmp))
+            onnx.checker.check_model(model)
+            model.doc_string = f"carclf {meta.backbone} classifier, {meta.num_classes} classes"
+            _put_metadata(model, onnx_metadata(meta))
+            onnx.save(model, str(tmp))
     except ModelError:
         raise
     except Exception as e:
         raise ModelError(f"cannot export {meta.backbone} to ONNX ({type(e).__name__}: {e})") from e
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

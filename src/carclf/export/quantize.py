@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from carclf.errors import ModelError
-from carclf.export.onnx import INPUT, _atomic_target
+from carclf.export.onnx import INPUT
+from carclf.io import atomic_path
 
 METHODS = ("static", "dynamic")
 
@@ -80,7 +81,6 @@ def quantize_int8(
         calibration: preprocessed photos (N, 3, S, S) for the activation ranges; 32-100 photos
             of the kind the model will serve are enough.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from carclf.export.onnx import set_metadata
@@ -94,41 +94,42 @@ def quantize_int8(
         prepared = Path(work) / "prepared.onnx"
         # Shape inference and graph cleanup first, as ONNX Runtime recommends for quantization.
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        tmp = _atomic_target(dst)
         try:
-            keep_float = _float_nodes(prepared)
-            if method == "static":
-                quantize_static(
-                    str(prepared),
-                    str(tmp),
-                    _Batches(calibration),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    nodes_to_exclude=keep_float,
-                )
-            else:
-                quantize_dynamic(
-                    str(prepared),
-                    str(tmp),
-                    weight_type=QuantType.QUInt8,
-                    nodes_to_exclude=keep_float,
-                )
-            props = _metadata(src)
-            how = f"int8 {method}, per-channel QDQ" if method == "static" else f"int8 {method}"
-            if method == "static":
-                how += f", calibrated on {len(calibration)} images"
-            props["quantization"] = json.dumps(how)
-            set_metadata(tmp, props)
-            os.replace(tmp, dst)
+            with atomic_path(dst) as tmp:
+                _quantize(prepared, tmp, method, calibration)
+                props = _metadata(src)
+                how = f"int8 {method}, per-channel QDQ" if method == "static" else f"int8 {method}"
+                if method == "static":
+                    how += f", calibrated on {len(calibration)} images"
+                props["quantization"] = json.dumps(how)
+                set_metadata(tmp, props)
         except ModelError:
             raise
         except Exception as e:
             raise ModelError(f"{src}: int8 quantization failed ({type(e).__name__}: {e})") from e
-        finally:
-            tmp.unlink(missing_ok=True)
     return dst
+
+
+def _quantize(prepared: Path, out: Path, method: str, calibration: torch.Tensor | None) -> None:
+    """ONNX Runtime's static (QDQ, calibrated) or dynamic quantization of ``prepared`` to ``out``."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    keep_float = _float_nodes(prepared)
+    if method == "static":
+        quantize_static(
+            str(prepared),
+            str(out),
+            _Batches(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_float,
+        )
+    else:
+        quantize_dynamic(
+            str(prepared), str(out), weight_type=QuantType.QUInt8, nodes_to_exclude=keep_float
+        )
 
 
 def _metadata(path: Path) -> dict[str, str]:

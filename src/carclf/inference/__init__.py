@@ -1,12 +1,15 @@
 """Load a trained model and run it: the one place every consumer gets inference from.
 
-``evaluate`` (predict.py), ``export``, ``serve``, ``batch`` and ``train`` import this package;
-it imports none of them (only ``data`` for decoding and presets, ``models`` for the network and
-the bundle format), so no two sub-packages import each other.
+``evaluate`` (predict.py), ``export``, ``serve``, ``batch``, ``ensemble``, ``pseudo`` and
+``train`` import this package; it imports none of them (only ``data`` for decoding, presets and
+inputs, ``models`` for the network and the bundle format).
 
 Modules:
     classifier     ``Classifier`` (``carclf.Classifier``), ``Prediction``, ``ClassScore``
-    loading        ``find_model``, ``load_checkpoint_net``: a bundle, run folder or checkpoint
+    loading        ``load_classifier`` (what the apps call), ``find_model``,
+                   ``load_checkpoint_net``: a bundle, run folder or checkpoint
+    heldout        ``heldout_view_logits``: a model's answers on its own run's validation photos
+    calibration    ``fit_temperature``: temperature scaling on held-out logits
     torch_backend  ``TorchBackend``: PyTorch eager, CPU or GPU
     onnx_backend   ``OnnxBackend`` (ONNX Runtime, CPU), ``session_options``, ``default_threads``,
                    ``available_cpus``, the bundle's ONNX file names
@@ -14,7 +17,7 @@ Modules:
 """
 
 from carclf.inference.classifier import Classifier, ClassScore, Prediction
-from carclf.inference.loading import find_model, load_checkpoint_net
+from carclf.inference.loading import find_model, load_checkpoint_net, load_classifier
 from carclf.inference.onnx_backend import (
     INT8_FILE,
     ONNX_FILE,
@@ -37,5 +40,6 @@ __all__ = [
     "default_threads",
     "find_model",
     "load_checkpoint_net",
+    "load_classifier",
     "session_options",
 ]

@@ -32,18 +32,28 @@ from carclf.models.network import CarNet
 BACKENDS = ("auto", "onnx", "int8", "torch")
 
 
-@dataclass
+def _doc(text: str, **kwargs):
+    """A dataclass field with a description (the service's /docs shows it)."""
+    return field(metadata={"description": text}, **kwargs)
+
+
+@dataclass(kw_only=True)
 class ClassScore:
-    index: int
-    label: object
+    """One class of an answer. The one definition of these fields: the service's response model
+    (:mod:`carclf.serve.schemas`) is built from them, with their types and descriptions."""
+
+    index: int = _doc("class index in the model's output")
+    label: int | str = _doc("the class label as written in the training data")
     name: str
-    name_local: str | None
-    display: str
+    name_local: str | None = _doc("name in the data's own language, if any", default=None)
+    display: str = _doc("name with the local name in brackets, for showing")
     probability: float
 
 
 @dataclass
 class Prediction:
+    """The answer for one image: its top classes, or why it could not be read."""
+
     source: str
     top: list[ClassScore] = field(default_factory=list)
     error: str | None = None
@@ -196,12 +206,12 @@ class Classifier:
         order = np.argsort(-probs)[: min(top_k, self.num_classes)]
         return [
             ClassScore(
-                int(i),
-                self.meta.label_values[i],
-                self.class_names[i],
-                local[i],
-                display_name(self.class_names[i], local[i]),
-                float(probs[i]),
+                index=int(i),
+                label=self.meta.label_values[i],
+                name=self.class_names[i],
+                name_local=local[i],
+                display=display_name(self.class_names[i], local[i]),
+                probability=float(probs[i]),
             )
             for i in order
         ]

@@ -2,21 +2,31 @@
 
 A bundle (``carclf.models.bundle``) is the deployable form; a checkpoint is what training leaves.
 Both load here without Hydra or any training code path, so every consumer (``Classifier``, the
-exporter, the service, the batch job) resolves a model path the same way.
+exporter, the service, the batch job) resolves a model path the same way, and
+:func:`load_classifier` is the one way the apps (``predict.py``, the service) load a Classifier.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from carclf.data.tta import TTAPreset
 from carclf.errors import ModelError
 from carclf.inference.onnx_backend import INT8_CHECK_FILE, INT8_FILE
 from carclf.models.bundle import BundleMeta, is_bundle, read_meta
 from carclf.models.network import CarNet
+
+if TYPE_CHECKING:
+    from carclf.inference.classifier import Classifier
+
+log = logging.getLogger(__name__)
 
 
 def find_model(path: str | os.PathLike) -> Path:
@@ -96,3 +106,43 @@ def int8_model(target: Path) -> Path:
             f"{target}: no {INT8_FILE}; run: python -m carclf.export {target} --int8 --images DIR"
         )
     return path
+
+
+def load_classifier(
+    model: str | os.PathLike,
+    backend: str = "auto",
+    *,
+    device: str | None = "auto",
+    tta: str | TTAPreset | Callable[[Classifier], TTAPreset] | None = None,
+) -> Classifier:
+    """The Classifier of ``model`` (bundle, run folder or checkpoint), with ``tta`` as its policy.
+
+    With ``backend="auto"``, a TTA policy the exported ONNX model cannot run (views of another
+    size) switches to the PyTorch backend instead of failing; any other backend fails with a
+    ModelError saying why.
+
+    Args:
+        backend: ``auto``, ``onnx``, ``int8`` (the bundle's model.int8.onnx) or ``torch``.
+        device: ``auto`` (or None: CUDA where there is one), ``cpu``, ``cuda``, ``cuda:1``...
+        tta: a policy name, a preset, or a function building the preset for a loaded classifier
+            (on its preprocessing contract); None: the eval view only.
+    """
+    from carclf.inference.classifier import Classifier  # it imports this module
+
+    device = None if device == "auto" else device
+
+    def with_tta(clf: Classifier) -> Classifier:
+        if tta is None or isinstance(tta, (str, TTAPreset)):
+            clf.tta = clf.tta_preset(tta)
+        else:
+            clf.tta = tta(clf)
+        return clf
+
+    clf = Classifier.load(model, device=device, backend=backend)
+    try:
+        return with_tta(clf)
+    except ModelError as e:
+        if backend != "auto" or clf.backend.name == "torch":
+            raise
+        log.info("%s: using the PyTorch backend", e)
+        return with_tta(Classifier.load(model, device=device, backend="torch"))

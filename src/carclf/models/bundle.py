@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from carclf.errors import ModelError
+from carclf.io import file_mode, make_temp_dir, replace_dir
 from carclf.models.network import CarNet
 
 WEIGHTS = "model.safetensors"
@@ -72,7 +72,6 @@ def save_bundle(
     from carclf import __version__
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     meta.dtype = "float16" if fp16 else "float32"
     meta.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     meta.carclf_version = __version__
@@ -80,17 +79,12 @@ def save_bundle(
         k: (v.half() if fp16 and v.is_floating_point() else v).contiguous().cpu()
         for k, v in net.state_dict().items()
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp = make_temp_dir(folder.parent, f".{folder.name}-")
     try:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        os.chmod(tmp / WEIGHTS, file_mode())  # safetensors writes it 0600, whatever the umask
         (tmp / META).write_text(json.dumps(asdict(meta), indent=2, ensure_ascii=False))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}-old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -136,3 +136,16 @@ def data_config(backbone: nn.Module) -> dict:
     from timm.data import resolve_model_data_config
 
     return resolve_model_data_config(backbone)
+
+
+def normalization(backbone: str) -> tuple[list[float], list[float]]:
+    """Mean and std a backbone's pretrained weights expect (timm's pretrained config by name)."""
+    import timm
+
+    try:
+        pc = timm.models.get_pretrained_cfg(backbone)
+    except Exception:
+        pc = None
+    mean = getattr(pc, "mean", None) or timm.data.IMAGENET_DEFAULT_MEAN
+    std = getattr(pc, "std", None) or timm.data.IMAGENET_DEFAULT_STD
+    return list(mean), list(std)

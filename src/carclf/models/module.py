@@ -1,8 +1,9 @@
 """CarClassifier: the LightningModule around :class:`CarNet`.
 
-It owns the loss, mixing augmentations and metrics. It does not own the optimizer schedule: which
-parameters train and at what learning rate is decided per stage by
-:class:`carclf.train.callbacks.StagedFinetuning`, which installs ``optimizer_factory``.
+It owns the loss and metrics, and applies the batch mix (:class:`carclf.data.mixing.BatchMix`,
+seeded, resumed with the checkpoint). It does not own the optimizer schedule: which parameters
+train and at what learning rate is decided per stage by the training app's stage callback, which
+sets the two public attributes ``optimizer_factory`` and ``input_start``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from carclf.data.mixing import BatchMix
 from carclf.models.bundle import BundleMeta
 from carclf.models.factory import build_net
 
@@ -30,9 +32,11 @@ class CarClassifier(pl.LightningModule):
         cutmix: float = 0.0,
         mix_prob: float = 0.5,
         channels_last: bool = False,
+        seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.mix = BatchMix(mixup, cutmix, mix_prob, seed)
         self.meta = BundleMeta.from_dict(meta)
         self.net = build_net(
             self.meta.backbone,
@@ -118,33 +122,11 @@ class CarClassifier(pl.LightningModule):
             per_row = per_row + a * kl
         return (w * per_row).mean()
 
-    def _mix(self, x: torch.Tensor, y: torch.Tensor):
-        """Mixup or CutMix on a share of batches; returns (x, y, y_other, lam, perm)."""
-        hp = self.hparams
-        if (hp.mixup <= 0 and hp.cutmix <= 0) or np.random.rand() >= hp.mix_prob:
-            return x, y, y, 1.0, None
-        perm = torch.randperm(x.size(0), device=x.device)
-        use_cutmix = hp.cutmix > 0 and (hp.mixup <= 0 or np.random.rand() < 0.5)
-        alpha = hp.cutmix if use_cutmix else hp.mixup
-        lam = float(np.random.beta(alpha, alpha))
-        if use_cutmix and x.ndim == 4:
-            h, w = x.shape[-2:]
-            rh, rw = int(h * np.sqrt(1 - lam)), int(w * np.sqrt(1 - lam))
-            cy, cx = np.random.randint(h), np.random.randint(w)
-            y0, y1 = max(cy - rh // 2, 0), min(cy + rh // 2, h)
-            x0, x1 = max(cx - rw // 2, 0), min(cx + rw // 2, w)
-            x = x.clone()
-            x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
-            lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
-        else:
-            x = lam * x + (1 - lam) * x[perm]
-        return x, y, y[perm], lam, perm
-
     def training_step(self, batch, batch_idx):
         if batch is None:  # every image of the batch was unreadable
             return None
         x, y, idx = batch
-        x, y_a, y_b, lam, perm = self._mix(x, y)
+        x, y_a, y_b, lam, perm = self.mix(x, y)
         logits = self(x)
         loss = (
             lam * self.row_loss(logits, y_a, idx)
@@ -183,11 +165,14 @@ class CarClassifier(pl.LightningModule):
             sync_dist=True,
         )
 
-    def predict_step(self, batch, batch_idx):
-        x, _, idx = batch
-        return self(x), idx
-
     def configure_optimizers(self):
         if self.optimizer_factory is not None:
             return self.optimizer_factory(self)
         return torch.optim.AdamW((p for p in self.parameters() if p.requires_grad), lr=1e-3)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["batch_mix"] = self.mix.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "batch_mix" in checkpoint:
+            self.mix.load_state_dict(checkpoint["batch_mix"])

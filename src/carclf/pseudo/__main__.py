@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from carclf.cli import run_safely
+from carclf.cli import main_exit
 from carclf.pseudo.labels import pseudo_label
 
 
@@ -43,18 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     precision = args.min_precision
     if precision is None and args.min_confidence is None:
         precision = 0.95
-    result = run_safely(
-        lambda: pseudo_label(
-            args.model,
-            args.input,
-            args.out,
-            min_precision=precision,
-            min_confidence=args.min_confidence,
-            tta=args.tta,
-            soft=args.soft,
-            min_count=args.min_count,
-            num_workers=args.num_workers,
-        )
+    result = pseudo_label(
+        args.model,
+        args.input,
+        args.out,
+        min_precision=precision,
+        min_confidence=args.min_confidence,
+        tta=args.tta,
+        soft=args.soft,
+        min_count=args.min_count,
+        num_workers=args.num_workers,
     )
     print(
         f"{result.out}: kept {result.kept} of {result.total} photos (confidence >= "
@@ -65,4 +63,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main_exit(main)

@@ -14,8 +14,6 @@ sets how much it counts. Only photos are used, never labels of the unlabelled se
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +21,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from carclf.data.inputs import collect_inputs
 from carclf.data.run_split import run_config, run_folder
 from carclf.data.tta import merge_views
 from carclf.errors import CarclfError, DataError, ModelError
-from carclf.evaluate.heldout import heldout_view_logits
-from carclf.evaluate.inputs import collect_inputs
 from carclf.inference import Classifier, find_model
 from carclf.inference.files import infer_paths
+from carclf.inference.heldout import heldout_view_logits
+from carclf.io import atomic_path
 from carclf.models.bundle import read_meta
 from carclf.models.ensemble import HELDOUT_FILE
 from carclf.pseudo.threshold import Threshold, choose_threshold
@@ -97,17 +96,6 @@ def heldout_confidence(
     return probs.max(1), probs.argmax(1) == labels[ok]
 
 
-def write_atomic(frame: pd.DataFrame, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}-")
-    os.close(fd)
-    try:
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def pseudo_label(
     model: str | Path,
     inputs: str | Path,
@@ -172,5 +160,6 @@ def pseudo_label(
     out = Path(out)
     if out.suffix.lower() != ".csv":
         raise DataError(f"--out {out}: pseudo-labels are written as a .csv")
-    write_atomic(frame, out)
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, index=False)
     return PseudoResult(out, len(items), len(res.errors), len(keep), threshold, rule, tta)

@@ -2,6 +2,5 @@
 
 from carclf.serve.app import create_app
 from carclf.serve.limits import Limits
-from carclf.serve.state import load_classifier
 
-__all__ = ["Limits", "create_app", "load_classifier"]
+__all__ = ["Limits", "create_app"]

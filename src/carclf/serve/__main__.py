@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import socket
-import sys
 
+from carclf.cli import fail, main_exit
 from carclf.errors import CarclfError
 from carclf.serve.limits import Limits, MiB
+
+# A model that cannot be loaded or an address that cannot be bound: the service's exit status
+# (1, as this module's docstring has always said), not the 2 of carclf's other commands.
+CANNOT_SERVE = 1
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -59,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     import uvicorn
 
+    from carclf.inference.loading import load_classifier
     from carclf.serve.app import create_app
-    from carclf.serve.state import load_classifier
 
     try:
-        classifier = load_classifier(args.model, args.backend)
+        classifier = load_classifier(args.model, args.backend, device="cpu")
         app = create_app(
             classifier,
             name=args.name,
@@ -76,15 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         app.state.service.engine.warm_up()
     except (CarclfError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        fail(str(e), CANNOT_SERVE)
     try:
         sock = bind(args.host, args.port)
     except OSError as e:
-        print(
-            f"error: cannot listen on {args.host}:{args.port} ({e.strerror or e})", file=sys.stderr
-        )
-        return 1
+        fail(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})", CANNOT_SERVE)
     info = app.state.service.engine.info
     url = f"http://{args.host}:{sock.getsockname()[1]}"
     print(
@@ -98,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_exit(main)

@@ -101,18 +101,14 @@ def _gauges(state: ServiceState) -> None:
 
 
 def _routes(app: FastAPI, state: ServiceState) -> None:
-    limits = state.limits
-    TopK = Query(5, ge=1, le=limits.max_top_k, description="how many classes to return")
+    """Every route, in the order /docs lists them."""
+    _page_routes(app)
+    _status_routes(app, state)
+    _predict_routes(app, state)
 
-    @contextlib.asynccontextmanager
-    async def deadline():
-        try:
-            async with asyncio.timeout(limits.request_timeout_s):
-                yield
-        except TimeoutError:
-            raise ApiError(
-                504, "timeout", f"the request took over {limits.request_timeout_s:g} s"
-            ) from None
+
+def _page_routes(app: FastAPI) -> None:
+    """The web page (static files are mounted by ``create_app``)."""
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -121,6 +117,24 @@ def _routes(app: FastAPI, state: ServiceState) -> None:
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon():
         return Response((STATIC / "favicon.svg").read_bytes(), media_type="image/svg+xml")
+
+
+def _ready_body(engine: Engine, limits: Limits) -> dict:
+    return {
+        "ready": True,
+        "model": engine.info,
+        "class_names": engine.classifier.display_names(),
+        "limits": {
+            "accepted_formats": ["JPEG", "PNG", "WebP", "BMP"],
+            "max_upload_bytes": limits.max_upload_bytes,
+            "max_pixels": limits.max_pixels,
+            "max_files": limits.max_files,
+        },
+    }
+
+
+def _status_routes(app: FastAPI, state: ServiceState) -> None:
+    """/health (the process), /ready (the model), /metrics (Prometheus)."""
 
     @app.get("/health", response_model=Health, summary="The process is up")
     async def health():
@@ -133,18 +147,7 @@ def _routes(app: FastAPI, state: ServiceState) -> None:
         responses={503: ERRORS[503]},
     )
     async def ready():
-        engine = state.ready_engine()
-        return {
-            "ready": True,
-            "model": engine.info,
-            "class_names": engine.classifier.display_names(),
-            "limits": {
-                "accepted_formats": ["JPEG", "PNG", "WebP", "BMP"],
-                "max_upload_bytes": limits.max_upload_bytes,
-                "max_pixels": limits.max_pixels,
-                "max_files": limits.max_files,
-            },
-        }
+        return _ready_body(state.ready_engine(), state.limits)
 
     @app.get(
         "/metrics",
@@ -154,6 +157,54 @@ def _routes(app: FastAPI, state: ServiceState) -> None:
     )
     async def metrics():
         return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@contextlib.asynccontextmanager
+async def _deadline(limits: Limits):
+    """A 504 when the request takes longer than ``limits.request_timeout_s``."""
+    try:
+        async with asyncio.timeout(limits.request_timeout_s):
+            yield
+    except TimeoutError:
+        raise ApiError(
+            504, "timeout", f"the request took over {limits.request_timeout_s:g} s"
+        ) from None
+
+
+def _too_big(size: int, limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"image of {size:,} bytes, limit {limit:,}")
+
+
+async def _one_image(request: Request, limits: Limits) -> bytes:
+    """The image of a /predict request: multipart field ``file``, or the raw body."""
+    limit = limits.max_upload_bytes
+    if is_multipart(request):
+        files = await read_files(request, limit + MULTIPART_SLACK, ("file",), 1)
+        data = files[0][1]
+    else:
+        data = await read_body(request, limit)
+    if len(data) > limit:
+        raise _too_big(len(data), limit)
+    return data
+
+
+def _batch_items(files: list[tuple[str, bytes]], results: list, limits: Limits) -> list[dict]:
+    """One /predict/batch result per file, in order: its answer, or its error and detail."""
+    items = []
+    for (filename, data), result in zip(files, results, strict=True):
+        if len(data) > limits.max_upload_bytes:
+            result = _too_big(len(data), limits.max_upload_bytes)
+        if isinstance(result, ApiError):
+            items.append({"filename": filename, "error": result.code, "detail": result.detail})
+        else:
+            items.append({"filename": filename, **result})
+    return items
+
+
+def _predict_routes(app: FastAPI, state: ServiceState) -> None:
+    """POST /predict (one image) and /predict/batch (several)."""
+    limits = state.limits
+    TopK = Query(5, ge=1, le=limits.max_top_k, description="how many classes to return")
 
     @app.post(
         "/predict",
@@ -166,17 +217,8 @@ def _routes(app: FastAPI, state: ServiceState) -> None:
         start = time.perf_counter()
         engine = state.ready_engine()
         with engine.admit():
-            async with deadline():
-                limit = limits.max_upload_bytes
-                if is_multipart(request):
-                    files = await read_files(request, limit + MULTIPART_SLACK, ("file",), 1)
-                    data = files[0][1]
-                else:
-                    data = await read_body(request, limit)
-                if len(data) > limit:
-                    raise ApiError(
-                        413, "payload_too_large", f"image of {len(data):,} bytes, limit {limit:,}"
-                    )
+            async with _deadline(limits):
+                data = await _one_image(request, limits)
                 (result,) = await engine.predict([data], top_k)
         if isinstance(result, ApiError):
             raise result
@@ -201,26 +243,11 @@ def _routes(app: FastAPI, state: ServiceState) -> None:
                 "send the images as multipart/form-data fields named 'files'",
             )
         with engine.admit():
-            async with deadline():
+            async with _deadline(limits):
                 files = await read_files(
                     request, limits.max_batch_bytes, ("files", "file"), limits.max_files
                 )
-                too_big = {
-                    i for i, (_, data) in enumerate(files) if len(data) > limits.max_upload_bytes
-                }
-                results = await engine.predict(
-                    [b"" if i in too_big else data for i, (_, data) in enumerate(files)], top_k
-                )
-        items = []
-        for i, ((filename, data), result) in enumerate(zip(files, results, strict=True)):
-            if i in too_big:
-                result = ApiError(
-                    413,
-                    "payload_too_large",
-                    f"image of {len(data):,} bytes, limit {limits.max_upload_bytes:,}",
-                )
-            if isinstance(result, ApiError):
-                items.append({"filename": filename, "error": result.code, "detail": result.detail})
-            else:
-                items.append({"filename": filename, **result})
+                fit = [b"" if len(d) > limits.max_upload_bytes else d for _, d in files]
+                results = await engine.predict(fit, top_k)
+        items = _batch_items(files, results, limits)
         return {"model": engine.info, "results": items, "latency_ms": elapsed_ms(start)}

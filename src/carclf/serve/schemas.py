@@ -1,8 +1,18 @@
-"""Response models: what /docs shows and what every response of the service looks like."""
+"""Response models: what /docs shows and what every response of the service looks like.
+
+A class score is what :meth:`carclf.Classifier.scores` returns (:class:`carclf.inference.ClassScore`)
+plus its rank; its fields, types and descriptions are read from that dataclass, so the library
+and the service cannot drift apart.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import dataclasses
+from typing import Any, get_type_hints
+
+from pydantic import BaseModel, Field, create_model
+
+from carclf.inference import classifier
 
 
 class ModelInfo(BaseModel):
@@ -15,14 +25,23 @@ class ModelInfo(BaseModel):
     created: str = ""
 
 
-class ClassScore(BaseModel):
-    rank: int = Field(description="1 = most likely")
-    index: int = Field(description="class index in the model's output")
-    label: int | str = Field(description="the class label as written in the training data")
-    name: str
-    name_local: str | None = Field(None, description="name in the data's own language, if any")
-    display: str = Field(description="name with the local name in brackets, for showing")
-    probability: float
+def dataclass_fields(cls: type) -> dict[str, tuple[Any, Any]]:
+    """``create_model`` field definitions for the dataclass ``cls``: type, default, description."""
+    hints = get_type_hints(cls)
+    return {
+        f.name: (
+            hints[f.name],
+            Field(... if f.default is dataclasses.MISSING else f.default, **f.metadata),
+        )
+        for f in dataclasses.fields(cls)
+    }
+
+
+ClassScore = create_model(
+    "ClassScore",
+    rank=(int, Field(description="1 = most likely")),
+    **dataclass_fields(classifier.ClassScore),
+)
 
 
 class ImageMeta(BaseModel):

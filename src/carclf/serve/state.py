@@ -6,7 +6,7 @@ import logging
 import os
 import time
 
-from carclf.inference import Classifier
+from carclf.inference.loading import load_classifier
 from carclf.serve.engine import Engine
 from carclf.serve.errors import ApiError
 from carclf.serve.limits import Limits
@@ -28,7 +28,7 @@ class ServiceState:
 
     def load(self, model: str | os.PathLike, backend: str) -> None:
         try:
-            classifier = load_classifier(model, backend)
+            classifier = load_classifier(model, backend, device="cpu")
             engine = Engine(classifier, self.limits, self.metrics, self.name)
             engine.warm_up()
             self.engine = engine
@@ -45,8 +45,3 @@ class ServiceState:
         raise ApiError(
             503, "model_loading", "the model is still loading; retry shortly", {"Retry-After": "1"}
         )
-
-
-def load_classifier(model: str | os.PathLike, backend: str = "auto") -> Classifier:
-    """A CPU Classifier; ``backend`` ``int8`` runs the bundle's model.int8.onnx."""
-    return Classifier.load(model, device="cpu", backend=backend)

@@ -27,6 +27,8 @@ from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from carclf import io
+
 
 def _epoch(row: dict) -> float | None:
     try:
@@ -71,14 +73,12 @@ class HistoryWriter(ExperimentWriter):
         keys = set(self.metrics_keys).union(*self.rows)
         self.metrics_keys = sorted(keys)
         path = Path(self.metrics_file_path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with io.atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
             writer.writeheader()
             writer.writerows(self.rows)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
 
 
 class ResumableCSVLogger(CSVLogger):

@@ -44,6 +44,7 @@ from torch.utils.data import (
 )
 from tqdm import tqdm
 
+from carclf import io
 from carclf.data.dataset import MultiViewDataset, skip_none_collate
 from carclf.models.network import CarNet
 
@@ -81,12 +82,6 @@ def prefix_fingerprint(net: CarNet, cut: int) -> str:
                     h.update(np.float64(t.double().sum().item()).tobytes())
                     h.update(np.float64(t.double().abs().sum().item()).tobytes())
     return h.hexdigest()[:16]
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 class _DiskStore:
@@ -132,10 +127,6 @@ class FeatureCache:
         self.disk = disk
         self.rate = rate  # image-views per second of the build, after its first batch
 
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.store.shape)) * 2
-
     @classmethod
     def open(cls, key: CacheKey, directory: Path, labels, max_mb: int) -> FeatureCache | None:
         """A finished cache with this key in ``directory`` (from an earlier, killed run), or None."""
@@ -180,93 +171,51 @@ class FeatureCache:
         from its last recorded progress.
         """
         t0 = time.perf_counter()
-        n, views = len(dataset), len(dataset.transforms)
-        labels = np.asarray(dataset.labels)
+        n = len(dataset)
         disk = _DiskStore(Path(directory), key) if directory is not None else None
-        store, valid, start = None, np.zeros(n, dtype=bool), 0
-        rec = disk.read_record() if disk else None
-        if rec is not None and not rec.get("complete"):
-            try:
-                store = np.load(disk.array, mmap_mode="r+")
-                start = int(rec["done"])
-                valid[np.asarray(rec["valid"], dtype=int)] = True
-                log.info("resuming the %s feature cache build at image %d/%d", key.split, start, n)
-            except (OSError, ValueError, KeyError):
-                store, start = None, 0
+        store, valid, start = cls._resume(disk, key, n)
         todo = dataset if start == 0 else Subset(dataset, range(start, n))
         loader = DataLoader(
             todo, batch_size=batch_images, num_workers=num_workers, collate_fn=skip_none_collate
         )
-        total, done = views * n, views * start
-        bar = tqdm(
-            total=total,
-            initial=done,
-            desc=f"caching {key.split} features (groups 0-{key.cut - 1}, {views} views)",
-            unit="view",
-            file=sys.stderr,
-            leave=False,
-            disable=None,
-        )
-        first_batch_at, first_done, last_saved, position = None, done, time.perf_counter(), start
-        try:
-            for batch in loader:
-                if batch is None:
-                    continue
-                x, _, idx = batch
-                b = len(idx)
-                feats = engine(x.flatten(0, 1))
-                feats = feats.reshape(b, views, *feats.shape[1:]).transpose(0, 1)
-                feats = feats.to("cpu", torch.float16)
-                if store is None:
-                    store = cls._allocate((views, n, *feats.shape[2:]), disk)
-                ids = idx.numpy()
-                if isinstance(store, np.ndarray):
-                    store[:, ids] = feats.numpy()
-                else:
-                    store[:, torch.from_numpy(ids)] = feats
-                valid[ids] = True
-                position = int(ids.max()) + 1
-                bar.update(b * views)
-                done += b * views
-                now = time.perf_counter()
-                if first_batch_at is None:
-                    first_batch_at, first_done = now, done
-                if done * 4 // total > (done - b * views) * 4 // total:  # a log line per quarter
-                    log.info(
-                        "caching %s features: %d/%d image-views (%.0f s)",
-                        key.split,
-                        done,
-                        total,
-                        now - t0,
-                    )
-                if disk is not None and now - last_saved > PROGRESS_EVERY_S:
-                    store.flush()
-                    _write_json(disk.record, cls._record(key, valid, position, False))
-                    last_saved = now
-        finally:
-            bar.close()
-        if store is None:
-            raise RuntimeError(f"no readable image in the {key.split} split")
-        seconds = time.perf_counter() - t0
-        steady = time.perf_counter() - first_batch_at if first_batch_at else 0.0
-        rate = (done - first_done) / steady if steady > 0 and done > first_done else None
+        build = _Build(key, len(dataset.transforms), n, store, valid, start, disk, t0)
+        build.run(loader, engine)
+        store, seconds, rate = build.store, time.perf_counter() - t0, build.rate()
         if disk is not None:
             store.flush()
-            _write_json(
-                disk.record, {**cls._record(key, valid, n, True), "seconds": seconds, "rate": rate}
+            io.write_json(
+                disk.record,
+                {**cls._record(key, valid, n, True), "seconds": seconds, "rate": rate},
+                indent=None,
             )
             store = cls._in_ram(store, max_mb)
         log.info(
             "cached %s features: %d views x %d images, %.0f MB, %.1f s (%s, %s image-views/s)",
             key.split,
-            views,
+            build.views,
             n,
             int(np.prod(store.shape)) * 2 / 2**20,
             seconds,
             getattr(engine, "name", type(engine).__name__),
             f"{rate:.0f}" if rate else "?",
         )
-        return cls(key, store, labels, valid, seconds, disk, rate)
+        return cls(key, store, np.asarray(dataset.labels), valid, seconds, disk, rate)
+
+    @staticmethod
+    def _resume(disk: _DiskStore | None, key: CacheKey, n: int):
+        """(store, valid, first image to compute) of a build killed part-way, or a fresh start."""
+        valid = np.zeros(n, dtype=bool)
+        rec = disk.read_record() if disk else None
+        if rec is None or rec.get("complete"):
+            return None, valid, 0
+        try:
+            store = np.load(disk.array, mmap_mode="r+")
+            start = int(rec["done"])
+            valid[np.asarray(rec["valid"], dtype=int)] = True
+        except (OSError, ValueError, KeyError):
+            return None, np.zeros(n, dtype=bool), 0
+        log.info("resuming the %s feature cache build at image %d/%d", key.split, start, n)
+        return store, valid, start
 
     @staticmethod
     def _record(key: CacheKey, valid: np.ndarray, done: int, complete: bool) -> dict:
@@ -303,6 +252,84 @@ class FeatureCache:
             sampler=BatchSampler(sampler, batch_size, drop_last=drop),
             num_workers=0,
         )
+
+
+class _Build:
+    """The loop of one cache build: fills the store batch by batch, shows and records progress."""
+
+    def __init__(self, key, views, n, store, valid, start, disk, t0):
+        self.key, self.views, self.n = key, views, n
+        self.store, self.valid, self.disk, self.t0 = store, valid, disk, t0
+        self.position = start
+        self.total, self.done = views * n, views * start
+        self.first_at, self.first_done = None, self.done
+
+    def run(self, loader, engine) -> None:
+        key = self.key
+        bar = tqdm(
+            total=self.total,
+            initial=self.done,
+            desc=f"caching {key.split} features (groups 0-{key.cut - 1}, {self.views} views)",
+            unit="view",
+            file=sys.stderr,
+            leave=False,
+            disable=None,
+        )
+        last_saved = time.perf_counter()
+        try:
+            for batch in loader:
+                if batch is None:
+                    continue
+                added = self._add(batch, engine)
+                bar.update(added)
+                now = time.perf_counter()
+                self._log_quarter(added, now)
+                if self.disk is not None and now - last_saved > PROGRESS_EVERY_S:
+                    self.store.flush()
+                    record = FeatureCache._record(key, self.valid, self.position, False)
+                    io.write_json(self.disk.record, record, indent=None)
+                    last_saved = now
+        finally:
+            bar.close()
+        if self.store is None:
+            raise RuntimeError(f"no readable image in the {key.split} split")
+
+    def _add(self, batch, engine) -> int:
+        x, _, idx = batch
+        b = len(idx)
+        feats = engine(x.flatten(0, 1))
+        feats = feats.reshape(b, self.views, *feats.shape[1:]).transpose(0, 1)
+        feats = feats.to("cpu", torch.float16)
+        if self.store is None:
+            self.store = FeatureCache._allocate((self.views, self.n, *feats.shape[2:]), self.disk)
+        ids = idx.numpy()
+        if isinstance(self.store, np.ndarray):
+            self.store[:, ids] = feats.numpy()
+        else:
+            self.store[:, torch.from_numpy(ids)] = feats
+        self.valid[ids] = True
+        self.position = int(ids.max()) + 1
+        self.done += b * self.views
+        return b * self.views
+
+    def _log_quarter(self, added: int, now: float) -> None:
+        if self.first_at is None:
+            self.first_at, self.first_done = now, self.done
+        if self.done * 4 // self.total > (self.done - added) * 4 // self.total:
+            log.info(
+                "caching %s features: %d/%d image-views (%.0f s)",
+                self.key.split,
+                self.done,
+                self.total,
+                now - self.t0,
+            )
+
+    def rate(self) -> float | None:
+        """Image-views per second after the first batch (worker start-up left out)."""
+        steady = time.perf_counter() - self.first_at if self.first_at else 0.0
+        if steady > 0 and self.done > self.first_done:
+            return (self.done - self.first_done) / steady
+        return None
 
 
 class _CachedBatches(Dataset):

@@ -9,7 +9,7 @@ reproduces PyTorch's numbers may compute it.
 * ``torch``: the network itself, in eval mode, channels_last (1.5x eager's default layout on a
   CPU). The only engine on GPUs: there PyTorch is already at the hardware's speed.
 * ``onnx``: groups ``0..cut-1`` exported at the stage's image size (dynamic batch, constant
-  "same" padding as in :func:`carclf.export.onnx.static_padding_net`) and run by ONNX Runtime.
+  "same" padding as in :func:`carclf.models.padding.static_padding_net`) and run by ONNX Runtime.
   Before it is trusted it must reproduce PyTorch on the first real batch within
   :data:`PARITY_TOLERANCE`; otherwise the cache falls back to ``torch`` with one log line saying
   why.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -32,6 +33,7 @@ from torch import nn
 
 from carclf.errors import ConfigError
 from carclf.models.network import CarNet
+from carclf.models.padding import static_padding_net
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +124,6 @@ class OnnxPrefix:
     @classmethod
     def export(cls, net: CarNet, meta, cut: int, image_size: int, workdir: Path | None = None):
         """Export the prefix of ``net`` (with the backbone ``meta`` describes) and load it."""
-        from carclf.export.onnx import static_padding_net
-
         t0 = time.perf_counter()
         meta = dataclasses.replace(meta, image_size=image_size)
         static = static_padding_net(net, meta)  # a copy: the live network is left as it is
@@ -133,8 +133,6 @@ class OnnxPrefix:
         fd, name = tempfile.mkstemp(
             prefix=f"prefix-cut{cut}-{image_size}px-", suffix=".onnx", dir=workdir
         )
-        import os
-
         os.close(fd)
         path = Path(name)
         with warnings.catch_warnings(), torch.no_grad():

@@ -1,6 +1,6 @@
 """Measure what a recipe's stages cost on this machine, in the run's first seconds.
 
-The budget planner (:mod:`carclf.train.budget`) needs three rates per stage: how fast the frozen
+The budget planner (:mod:`carclf.train.planner`) needs three rates per stage: how fast the frozen
 prefix is cached (decode + augment + engine, on real photos of the train split), how fast the
 trainable part trains (forward, backward and an optimizer step at the stage's batch size) and
 how fast it validates; plus how long the end of the run will take. Each is measured on a small
@@ -9,7 +9,7 @@ miss (decoding, worker start-up amortised out, this box's load today).
 
 The probe leaves no trace: the network's weights, BatchNorm statistics, ``requires_grad`` flags
 and the DataModule's settings are restored afterwards, and the prefix engine it exported is the
-one the real cache build then uses.
+one the real cache build then uses (both go through :class:`carclf.train.cache_stage.CacheStage`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from carclf.train.budget import StageCost
-from carclf.train.feature_cache import CacheKey, FeatureCache, prefix_fingerprint
+from carclf.train.cache_stage import CacheStage
+from carclf.train.planner import StageCost
+from carclf.train.stages import Stage
 
 log = logging.getLogger(__name__)
-
-PROBE_IMAGES = 48
 # Per epoch beyond the measured steps: checkpoints (best + last), logging, loader set-up.
 EPOCH_OVERHEAD_S = 0.6
 # The end of a run beyond its validation pass: temperature fit, bundle, curves, metrics.
@@ -84,10 +83,12 @@ def _eval_rate(trainer, pl_module, cut: int, inputs: torch.Tensor, batch: int = 
     return len(x) / statistics.median(times[1:])
 
 
-def measure_costs(cb, trainer, pl_module) -> tuple[list[StageCost], float, dict]:
-    """Costs of each of ``cb.stages`` (a StagedFinetuning), the end of the run, and the rates."""
+def measure_costs(
+    stages: list[Stage], cache: CacheStage, trainer, pl_module, finish_views: float
+) -> tuple[list[StageCost], float, dict]:
+    """Costs of each stage, of the end of the run (``finish_views`` network passes per
+    validation photo), and the measured rates."""
     dm, net = trainer.datamodule, pl_module.net
-    n_train, n_val = len(dm.rows("train")), len(dm.rows("val"))
     saved_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     saved_grad = {n: p.requires_grad for n, p in net.named_parameters()}
     saved = (
@@ -98,45 +99,13 @@ def measure_costs(cb, trainer, pl_module) -> tuple[list[StageCost], float, dict]
         dm.batch_size,
         dm.augment_strength,
     )
-    costs, probes = [], {}
     rates: dict = {"prefix_views_per_s": {}, "train_img_per_s": [], "val_img_per_s": []}
-    previous = None
     try:
-        for stage in cb.stages:
-            dm.image_size, dm.batch_size, dm.augment_strength = (
-                stage.image_size,
-                stage.batch_size,
-                stage.augment_strength,
-            )
-            cut = cb._cache_cut(stage, pl_module)
-            cache_id = (
-                (cut, stage.image_size, stage.augment_strength, stage.cache_views, stage.auto_views)
-                if cut
-                else None
-            )
-            shares = cache_id is not None and cache_id == previous
-            previous = cache_id
-            per_view = fixed = 0.0
-            if cut:
-                if (cut, stage.image_size) not in probes:
-                    probes[(cut, stage.image_size)] = _probe_prefix(cb, dm, pl_module, cut, stage)
-                inputs, rate = probes[(cut, stage.image_size)]
-                rates["prefix_views_per_s"][f"cut{cut}@{stage.image_size}"] = round(rate, 1)
-                if not shares:
-                    per_view, fixed = n_train / rate, n_val / rate
-            else:
-                inputs = torch.randn(8, 3, stage.image_size, stage.image_size)
-            train = _train_rate(trainer, pl_module, stage, cut, inputs)
-            val = _eval_rate(trainer, pl_module, cut, inputs) if n_val else float("inf")
-            rates["train_img_per_s"].append(round(train, 1))
-            rates["val_img_per_s"].append(round(val, 1))
-            costs.append(
-                StageCost(per_view, fixed, n_train / train + n_val / val + EPOCH_OVERHEAD_S)
-            )
-        size = cb.stages[-1].image_size
+        costs = _stage_costs(stages, cache, trainer, pl_module, rates)
+        size = stages[-1].image_size
         full = _eval_rate(trainer, pl_module, 0, torch.randn(8, 3, size, size))
         rates["full_eval_img_per_s"] = round(full, 1)
-        finish = n_val * cb.finish_views / full + FINISH_OVERHEAD_S
+        finish = len(dm.rows("val")) * finish_views / full + FINISH_OVERHEAD_S
     finally:
         net.load_state_dict(saved_state)
         for n, p in net.named_parameters():
@@ -154,23 +123,37 @@ def measure_costs(cb, trainer, pl_module) -> tuple[list[StageCost], float, dict]
     return costs, finish, rates
 
 
-def _probe_prefix(cb, dm, pl_module, cut: int, stage) -> tuple[torch.Tensor, float]:
-    """Cache two views of a few train photos with the run's engine: features and views/s."""
-    net = pl_module.net
-    rows = dm.rows("train").iloc[:PROBE_IMAGES]
-    fingerprint = prefix_fingerprint(net, cut)
-    engine = cb._engine(cut, stage.image_size, fingerprint, pl_module)
-    presets = [dm.eval_preset(), dm.train_preset()]
-    key = CacheKey(
-        "probe", cut, stage.image_size, 2, stage.augment_strength, len(rows), fingerprint
-    )
-    cache = FeatureCache.build(
-        key,
-        engine,
-        cb._multiview(dm, rows, presets),
-        batch_images=16,
-        num_workers=dm.num_workers,
-    )
-    rate = cache.rate or 2 * len(rows) / max(cache.seconds, 1e-6)
-    feats = torch.as_tensor(cache.store).reshape(-1, *cache.store.shape[2:]).float()
-    return feats, rate
+def _stage_costs(stages, cache: CacheStage, trainer, pl_module, rates: dict) -> list[StageCost]:
+    dm = trainer.datamodule
+    n_train, n_val = len(dm.rows("train")), len(dm.rows("val"))
+    costs, probes, previous = [], {}, None
+    for stage in stages:
+        dm.image_size, dm.batch_size, dm.augment_strength = (
+            stage.image_size,
+            stage.batch_size,
+            stage.augment_strength,
+        )
+        cut = cache.cut(stages, stage, pl_module)
+        cache_id = (
+            (cut, stage.image_size, stage.augment_strength, stage.cache_views, stage.auto_views)
+            if cut
+            else None
+        )
+        shares = cache_id is not None and cache_id == previous
+        previous = cache_id
+        per_view = fixed = 0.0
+        if cut:
+            if (cut, stage.image_size) not in probes:
+                probes[(cut, stage.image_size)] = cache.probe(dm, pl_module, stage, cut)
+            inputs, rate = probes[(cut, stage.image_size)]
+            rates["prefix_views_per_s"][f"cut{cut}@{stage.image_size}"] = round(rate, 1)
+            if not shares:
+                per_view, fixed = n_train / rate, n_val / rate
+        else:
+            inputs = torch.randn(8, 3, stage.image_size, stage.image_size)
+        train = _train_rate(trainer, pl_module, stage, cut, inputs)
+        val = _eval_rate(trainer, pl_module, cut, inputs) if n_val else float("inf")
+        rates["train_img_per_s"].append(round(train, 1))
+        rates["val_img_per_s"].append(round(val, 1))
+        costs.append(StageCost(per_view, fixed, n_train / train + n_val / val + EPOCH_OVERHEAD_S))
+    return costs

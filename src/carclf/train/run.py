@@ -7,7 +7,7 @@ The run dir (Hydra's output dir) receives: ``config.yaml`` (resolved), ``data_ch
 
 from __future__ import annotations
 
-import json
+import inspect
 import logging
 import os
 import time
@@ -16,30 +16,30 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytorch_lightning as pl
-import timm
 import torch
-from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-from carclf.data.check import check_index
+from carclf import io
+from carclf.data.check import CheckReport, check_index
 from carclf.data.datamodule import CarDataModule
 from carclf.data.exclude import apply_exclude
 from carclf.data.extra import read_extra
 from carclf.data.layouts import read_dataset
-from carclf.data.report import write_run_report
 from carclf.data.tta import TTA_PRESETS
-from carclf.distill import attach_teacher
-from carclf.errors import CarclfError
-from carclf.models.bundle import BundleMeta, save_bundle
+from carclf.errors import CarclfError, ConfigError
+from carclf.models.bundle import BundleMeta
+from carclf.models.factory import normalization
 from carclf.models.module import CarClassifier
-from carclf.train.budget import Budget
-from carclf.train.callbacks import StagedFinetuning, TimeBudget
+from carclf.train.cache_stage import CacheStage
 from carclf.train.checkpoint import AtomicCheckpointIO
 from carclf.train.csv_log import ResumableCSVLogger
+from carclf.train.distill import attach_teacher
 from carclf.train.ema import EMA
-from carclf.train.loggers import chosen_loggers
-from carclf.train.plots import plot_curves
+from carclf.train.finetune import StagedFinetuning
+from carclf.train.finish import FittedRun, finish
+from carclf.train.loggers import configured_callbacks, configured_loggers
+from carclf.train.planner import Budget, Planner, TimeBudget
 from carclf.train.prefix_engine import check_engine
 from carclf.train.stages import resolve_stages, total_epochs
 
@@ -70,17 +70,6 @@ def resume_config(run_dir: str | Path) -> tuple[DictConfig, Path | None]:
     return cfg, ckpt
 
 
-def normalization(backbone: str) -> tuple[list[float], list[float]]:
-    """Mean and std the backbone's pretrained weights expect (timm's pretrained config)."""
-    try:
-        pc = timm.models.get_pretrained_cfg(backbone)
-    except Exception:
-        pc = None
-    mean = getattr(pc, "mean", None) or timm.data.IMAGENET_DEFAULT_MEAN
-    std = getattr(pc, "std", None) or timm.data.IMAGENET_DEFAULT_STD
-    return list(mean), list(std)
-
-
 def _on_gpu(cfg) -> bool:
     """Whether this run trains on a GPU (decides which cache engines can run)."""
     acc = str(cfg.trainer.accelerator)
@@ -96,18 +85,16 @@ def _finish_views(cfg) -> float:
     return float(sum(v.scale**2 for v in views))
 
 
-def run_data_check(index, run_dir: Path, enabled: bool, mode: str = "off") -> list[str]:
-    if not enabled:
-        return []
-    if mode != "off":  # data_check.json + report.html/json, each image decoded once for both
-        report = write_run_report(index, run_dir, mode)
-    else:
-        report = check_index(index)
-        (run_dir / "data_check.json").write_text(
-            json.dumps(report.to_dict(), indent=1, ensure_ascii=False)
-        )
+def run_data_check(index, run_dir: Path, d) -> CheckReport | None:
+    """The data check of ``data`` config ``d`` (skipped with ``data.check=false``): written to
+    ``data_check.json`` and summed up in one line; with a report on, the per-image facts are kept
+    for the report callback (:mod:`carclf.inspect`), so no image is decoded twice."""
+    if not d.check:
+        return None
+    report = check_index(index, with_facts=d.get("report", "off") != "off")
+    io.write_json(run_dir / "data_check.json", report.to_dict())
     print(report.summary(), flush=True)
-    return report.bad_paths
+    return report
 
 
 def build_trainer(
@@ -119,6 +106,7 @@ def build_trainer(
 ) -> pl.Trainer:
     t = cfg.trainer
     limits = {k: t[k] for k in ("limit_train_batches", "limit_val_batches") if t[k] is not None}
+    csv = ResumableCSVLogger(run_dir, keep_through_epoch=resume_epoch)
     return pl.Trainer(
         default_root_dir=str(run_dir),
         max_epochs=max_epochs,
@@ -134,12 +122,7 @@ def build_trainer(
         enable_progress_bar=t.enable_progress_bar,
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
-        logger=chosen_loggers(  # conf/logger (carclf.train.loggers)
-            cfg,
-            run_dir,
-            TensorBoardLogger(str(run_dir), name="logs", version="tensorboard"),
-            ResumableCSVLogger(run_dir, keep_through_epoch=resume_epoch),
-        ),
+        logger=configured_loggers(cfg) + [csv],  # conf/logger; the CSV log is always written
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         **limits,
@@ -182,13 +165,57 @@ def train(
 ) -> dict:
     """Train ``cfg`` into ``run_dir`` (or continue the run ``cfg.resume``); returns the metrics.
 
-    ``callbacks`` are extra Lightning callbacks (e.g. for monitoring), added after carclf's own.
-    ``started`` (a ``time.perf_counter`` value, default now) is where the time budget starts;
-    ``train.py`` passes :func:`clock_start`.
+    ``callbacks`` are extra Lightning callbacks (e.g. for monitoring), added after carclf's own
+    and those of ``cfg.callbacks``. ``started`` (a ``time.perf_counter`` value, default now) is
+    where the time budget starts; ``train.py`` passes :func:`clock_start`.
     """
     started = time.perf_counter() if started is None else started
-    ckpt_path = None
-    resume_epoch = None  # the last epoch the checkpoint covers (metrics.csv keeps rows up to it)
+    cfg, run_dir, ckpt_path, resume_epoch = open_run(cfg, run_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    check_settings(cfg)
+    dm = build_datamodule(cfg, run_dir)
+    meta = build_meta(cfg, dm)
+    module = build_module(cfg, meta, dm)
+    staged = build_staged(cfg, module, run_dir, started)
+    ckpt_cb, own = run_callbacks(cfg, staged, has_val=len(dm.val_idx) > 0)
+    extra = configured_callbacks(cfg) + list(callbacks)
+    trainer = build_trainer(
+        cfg, run_dir, own + extra, total_epochs(staged.stages), resume_epoch=resume_epoch
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    train_seconds = time.perf_counter() - t0
+    if trainer.interrupted:
+        raise CarclfError(
+            f"training interrupted; continue it with: python train.py resume={run_dir}"
+        )
+    if not trainer.is_global_zero:
+        return {}
+    ema = next((c for c in own if isinstance(c, EMA)), None)
+    return finish(
+        FittedRun(
+            cfg,
+            run_dir,
+            module,
+            dm,
+            staged,
+            ckpt_cb.best_model_path,
+            ema,
+            meta,
+            train_seconds,
+            {"epochs_completed": trainer.current_epoch},
+        )
+    )
+
+
+def open_run(cfg: DictConfig, run_dir) -> tuple[DictConfig, Path, Path | None, int | None]:
+    """The config, run dir, checkpoint and last checkpointed epoch of a new or resumed run.
+
+    A new run writes its resolved ``config.yaml``; ``resume_epoch`` (None for a new run) is the
+    last epoch the checkpoint covers: metrics.csv keeps the rows up to it.
+    """
+    ckpt_path, resume_epoch = None, None
     if cfg.get("resume"):
         cfg, ckpt_path = resume_config(cfg.resume)
         run_dir = Path(cfg.resume)
@@ -200,90 +227,114 @@ def train(
             )
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)  # ${run_dir} in conf/logger and conf/callbacks
     if resume_epoch is None:
-        (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        io.write_text(run_dir / CONFIG_FILE, saved_config(cfg))
         (run_dir / "plan.json").unlink(missing_ok=True)  # an earlier run's plan is not this one's
-    pl.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision("high")
+    return cfg, run_dir, ckpt_path, resume_epoch
 
-    d, m = cfg.data, cfg.model
-    # A bad calibration policy would only surface after training: check it first.
+
+def saved_config(cfg: DictConfig) -> str:
+    """``config.yaml``: the resolved config, except that loggers and callbacks keep their
+    ``${...}`` references (``${run_dir}``), so a run's config says what was chosen, not where
+    the run happened to live, and a resumed or rerun copy resolves them for its own dir."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for group in ("logger", "callbacks"):
+        if group in cfg:
+            data[group] = OmegaConf.to_container(cfg[group], resolve=False)
+    data["run_dir"] = None
+    return OmegaConf.to_yaml(data)
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Settings that would only fail after training: checked before anything is built."""
     if cfg.fit_temperature and cfg.calibration_tta not in TTA_PRESETS:
-        raise CarclfError(
+        raise ConfigError(
             f"calibration_tta={cfg.calibration_tta!r}: choose one of {sorted(TTA_PRESETS)}"
         )
+    check_engine(cfg.cache_engine, "cuda" if _on_gpu(cfg) else "cpu")
+
+
+def _pick(node, fn, skip=()) -> dict:
+    """The keys of config ``node`` that are parameters of ``fn`` (plain Python values)."""
+    params = inspect.signature(fn).parameters
+    values = OmegaConf.to_container(node, resolve=True)
+    return {k: v for k, v in values.items() if k in params and k not in skip}
+
+
+def build_datamodule(cfg: DictConfig, run_dir: Path) -> CarDataModule:
+    d = cfg.data
     index = read_dataset(d.path, layout=d.layout, class_map=d.class_map)
     index = apply_exclude(index, d.get("exclude"))
-    bad = run_data_check(index, run_dir, d.check, d.get("report", "off"))
-    mean, std = normalization(m.backbone)
+    check = run_data_check(index, run_dir, d)
+    mean, std = normalization(cfg.model.backbone)
     extra = read_extra(
         d.extra, index, class_map=d.extra_class_map, weight=d.extra_weight, run_dir=run_dir
     )
     dm = CarDataModule(
         index=index,
-        image_size=d.image_size,
-        batch_size=d.batch_size,
-        eval_batch_size=d.eval_batch_size,
-        num_workers=d.num_workers,
-        val_fraction=d.val_fraction,
-        fold=d.fold,
-        num_folds=d.num_folds,
         seed=cfg.seed,
         mean=mean,
         std=std,
-        resize=d.resize,
-        augment=OmegaConf.to_container(d.augment),
-        bad_files=bad,
+        bad_files=check.bad_paths if check else (),
         extra=extra,
+        **_pick(d, CarDataModule, skip=("path", "layout", "class_map", "extra")),
     )
+    dm.check_report = check  # read by the data report callback (conf/callbacks/data_report)
     if cfg.get("teacher"):
         attach_teacher(dm, cfg.teacher, cfg.distill, run_dir)
-    meta = BundleMeta(
+    return dm
+
+
+def build_meta(cfg: DictConfig, dm: CarDataModule) -> BundleMeta:
+    index, d, m = dm.index, cfg.data, cfg.model
+    return BundleMeta(
         backbone=m.backbone,
         class_names=index.class_names,
         class_names_local=index.class_names_local,
         label_values=index.label_values,
         image_size=d.image_size,
-        mean=mean,
-        std=std,
+        mean=list(dm.mean),
+        std=list(dm.std),
         resize=d.resize,
         head=OmegaConf.to_container(m.head),
         extra={"recipe": cfg.recipe, "dataset": str(index.root)},
     )
-    module = CarClassifier(
+
+
+def build_module(cfg: DictConfig, meta: BundleMeta, dm: CarDataModule) -> CarClassifier:
+    m = cfg.model
+    return CarClassifier(
         asdict(meta),
-        weights=m.weights,
-        drop_path_rate=m.drop_path_rate,
-        label_smoothing=m.label_smoothing,
         class_weights=dm.class_weights().tolist() if m.class_weights else None,
-        mixup=m.mixup,
-        cutmix=m.cutmix,
-        mix_prob=m.mix_prob,
-        channels_last=m.channels_last,
+        seed=cfg.seed,
+        **_pick(m, CarClassifier, skip=("class_weights",)),
     )
+
+
+def build_staged(cfg: DictConfig, module: CarClassifier, run_dir: Path, started: float):
+    d, minutes = cfg.data, cfg.trainer.time_budget_min
     stages = resolve_stages(
         cfg.stages, module.net.num_groups, d.image_size, d.batch_size, d.augment.strength
     )
-    check_engine(cfg.cache_engine, "cuda" if _on_gpu(cfg) else "cpu")
-    budget = (
-        Budget(cfg.trainer.time_budget_min * 60.0, start=started)
-        if cfg.trainer.time_budget_min
-        else None
-    )
-    staged = StagedFinetuning(
+    planner = None
+    if minutes:
+        budget = Budget(minutes * 60.0, start=started)
+        planner = Planner(budget, OmegaConf.to_container(cfg.plan), run_dir / "plan.json")
+    return StagedFinetuning(
         stages,
-        layer_decay=m.layer_decay,
-        max_cache_mb=cfg.max_cache_mb,
-        cache_dir=run_dir / "cache",
-        plan_file=run_dir / "plan.json",
-        cache_engine=cfg.cache_engine,
-        budget=budget,
-        plan=OmegaConf.to_container(cfg.plan),
+        layer_decay=cfg.model.layer_decay,
+        cache=CacheStage(cfg.cache_engine, cfg.max_cache_mb, run_dir / "cache"),
+        planner=planner,
         finish_views=_finish_views(cfg),
     )
-    has_val = len(dm.val_idx) > 0
+
+
+def run_callbacks(cfg: DictConfig, staged: StagedFinetuning, has_val: bool):
+    """carclf's own callbacks (the stage schedule, checkpoints, EMA, budget, early stop)."""
     ckpt_cb = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
+        dirpath=str(Path(cfg.run_dir) / "checkpoints"),
         filename="best",
         monitor="val/acc" if has_val else None,
         mode="max",
@@ -293,140 +344,17 @@ def train(
     # Lightning's save_last only writes when a top-k checkpoint is written; resume needs one every
     # epoch, so "last" is its own unmonitored checkpoint, overwritten (atomically) each epoch.
     last_cb = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
+        dirpath=str(Path(cfg.run_dir) / "checkpoints"),
         filename="last",
         save_top_k=1,
         enable_version_counter=False,
     )
-    ema = EMA(m.ema_decay) if m.ema_decay > 0 else None
-    own = [staged, ckpt_cb, last_cb, LearningRateMonitor(logging_interval="epoch")] + (
-        [ema] if ema else []
-    )
-    if budget is not None:
-        own.append(TimeBudget(budget))
+    own = [staged, ckpt_cb, last_cb]
+    if cfg.model.ema_decay > 0:
+        own.append(EMA(cfg.model.ema_decay))
+    if staged.planner is not None:
+        own.append(TimeBudget(staged.planner.budget))
     if cfg.trainer.early_stopping_patience and has_val:
-        own.append(
-            EarlyStopping(
-                monitor="val/acc", mode="max", patience=cfg.trainer.early_stopping_patience
-            )
-        )
-    trainer = build_trainer(
-        cfg, run_dir, own + list(callbacks), total_epochs(stages), resume_epoch=resume_epoch
-    )
-
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    train_seconds = time.perf_counter() - t0
-    if trainer.interrupted:
-        raise CarclfError(
-            f"training interrupted; continue it with: python train.py resume={run_dir}"
-        )
-    if not trainer.is_global_zero:
-        return {}
-    metrics = {"epochs_completed": trainer.current_epoch}
-    return finish(
-        cfg, run_dir, module, dm, staged.stages, staged, ckpt_cb, ema, meta, train_seconds, metrics
-    )
-
-
-def finish(
-    cfg,
-    run_dir: Path,
-    module,
-    dm,
-    stages,
-    staged,
-    ckpt_cb,
-    ema,
-    meta: BundleMeta,
-    train_seconds: float,
-    metrics: dict,
-) -> dict:
-    """Best weights -> temperature -> bundle, curves and metrics.json."""
-    best = ckpt_cb.best_model_path
-    # The bundle's image size is that of the stage whose weights it keeps: with progressive
-    # resizing the best epoch may come from an earlier, smaller stage.
-    size = stages[-1].image_size
-    if best and Path(best).is_file():
-        state = torch.load(best, map_location="cpu", weights_only=False)
-        module.load_state_dict(state["state_dict"])
-        best_stage = state.get("callbacks", {}).get("StagedFinetuning", {}).get("stage")
-        if best_stage is not None:
-            size = stages[best_stage].image_size
-        shadow = state.get("callbacks", {}).get("EMA", {}).get("shadow")
-        if shadow:
-            module.net.load_state_dict({k: v.cpu() for k, v in shadow.items()}, strict=False)
-    elif ema is not None and ema.shadow is not None:
-        module.net.load_state_dict(ema.shadow, strict=False)
-    net = module.net.cpu().eval()
-    module.input_start = 0
-    meta.image_size = size
-    dm.image_size = meta.image_size
-    metrics = {
-        "recipe": cfg.recipe,
-        "train_seconds": round(train_seconds, 1),
-        "epochs": stages[-1].end_epoch,
-        **metrics,
-    }
-    metrics["cache_seconds"] = {k: round(v, 1) for k, v in staged.cache_seconds.items()}
-    metrics["cache_engines"] = sorted(staged.engine_names)
-    if staged.plan is not None:
-        metrics["plan"] = staged.plan.to_dict()
-    if len(dm.val_idx):
-        t0 = time.perf_counter()
-        policy = cfg.calibration_tta if cfg.fit_temperature else "none"
-        views, labels = val_view_logits(net, meta, dm, policy)
-        plain = views[:, 0]  # every TTA policy's first view is the plain eval view
-        metrics["val_acc"] = float((plain.argmax(1) == labels).mean())
-        metrics["val_loss"] = float(
-            torch.nn.functional.cross_entropy(torch.from_numpy(plain), torch.from_numpy(labels))
-        )
-        # With no validation mistakes the NLL-optimal temperature runs off to ~0 (certainty);
-        # that is an artefact of a small or easy split, not calibration, so keep T=1 then.
-        if cfg.fit_temperature and metrics["val_acc"] < 1.0:
-            from carclf.evaluate.calibration import fit_temperature
-
-            # logit averaging, predict.py's default merge
-            meta.temperature = float(fit_temperature(views.mean(1), labels))
-            metrics["temperature"] = meta.temperature
-        metrics["final_val_seconds"] = round(time.perf_counter() - t0, 1)
-    meta.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    save_bundle(net, meta, run_dir / "bundle", fp16=cfg.bundle_fp16)
-    csv = run_dir / "logs" / "csv" / "metrics.csv"
-    if csv.is_file():
-        plot_curves(csv, stages, run_dir / "curves.png")
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        metrics["overrides"] = list(HydraConfig.get().overrides.task)
-    except Exception:
-        pass
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    log.info("run finished: %s", {k: v for k, v in metrics.items() if k != "overrides"})
-    print(
-        f"bundle: {run_dir / 'bundle'}  val_acc: {metrics.get('val_acc', float('nan')):.4f}  train time: {train_seconds:.0f} s",
-        flush=True,
-    )
-    return metrics
-
-
-def val_view_logits(net, meta: BundleMeta, dm: CarDataModule, policy: str):
-    """(N, V, K) validation logits for every view of ``policy`` and the labels, in ONE pass.
-
-    The end of a run needs single-view metrics and the temperature of ``policy``'s merged
-    logits; the plain view is the first view of every policy, so one pass over the split (one
-    decode per photo) serves both. Unreadable photos are left out.
-    """
-    from carclf.data.tta import View
-    from carclf.inference.classifier import Classifier
-    from carclf.inference.files import loader_logits
-
-    loader = dm.tta_dataloader(policy, "val")
-    preset = loader.dataset.transform
-    if preset.views[0] != View():
-        raise CarclfError(f"calibration_tta={policy!r}: its first view is not the plain eval view")
-    logits, seen = loader_logits(
-        Classifier(net, meta, device="cpu"), loader, len(dm.val_idx), len(preset)
-    )
-    labels = dm.rows("val")["label"].to_numpy()
-    return logits[seen], labels[seen]
+        patience = cfg.trainer.early_stopping_patience
+        own.append(EarlyStopping(monitor="val/acc", mode="max", patience=patience))
+    return ckpt_cb, own

@@ -7,22 +7,52 @@ is built, naming the stage and key at fault.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from carclf.errors import CarclfError
+from carclf.errors import ConfigError
 
 OPTIMIZER_NAMES = ("adamw", "sgd")
 SCHEDULER_NAMES = ("cosine", "onecycle", "plateau", "constant")
 CACHE_MODES = ("auto", "on", "off")
 AUTO = "auto"
-# Placeholders until the budget planner (carclf.train.budget) has measured this machine.
+# Placeholders until the budget planner (carclf.train.planner) has measured this machine.
 AUTO_EPOCHS_PLACEHOLDER = 1
 AUTO_VIEWS_PLACEHOLDER = 4
 
 
-class StageError(CarclfError, ValueError):
+class StageError(ConfigError):
     """A recipe's stage list is invalid; the message names the stage and key."""
+
+
+@dataclass
+class StageConfig:
+    """One step of a recipe (``conf/stage/``). Stages run in order inside one Trainer.fit.
+
+    The schema of ``stages.<name>`` and the one place a stage option and its default live: add
+    an option here, give it a field on :class:`Stage` and use it where the stage is applied.
+    """
+
+    epochs: Any = 1  # a whole number, or "auto": fill the time budget (trainer.time_budget_min)
+    unfreeze: float = 0.0  # fraction of backbone groups trained, counted from the top (1 = all)
+    trainable_groups: int | None = None  # exact number of top groups instead of a fraction
+    lr: float = 1e-3  # head learning rate
+    backbone_lr_scale: float = 0.1  # backbone lr = lr * this (times layer_decay^depth)
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"  # adamw | sgd
+    scheduler: str = "cosine"  # cosine | onecycle | plateau | constant
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.01
+    plateau_patience: int = 3
+    plateau_factor: float = 0.3
+    image_size: int | None = None  # None keeps the previous size
+    batch_size: int | None = None
+    augment_strength: float | None = None
+    cache: str = "auto"  # auto | on | off: compute the frozen prefix once (see FeatureCache)
+    cache_views: Any = 4  # augmented views per image kept in the cache, or "auto" (budget)
+
+
+STAGE_DEFAULTS = {f.name: f.default for f in fields(StageConfig)}
 
 
 @dataclass(frozen=True)
@@ -58,8 +88,10 @@ class Stage:
         return num_groups - self.trainable_groups
 
 
-def _get(cfg: Any, key: str, default=None):
-    return cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
+def _get(cfg: Any, key: str):
+    """``cfg.key`` (a dict, a DictConfig or a StageConfig), or the StageConfig default."""
+    default = STAGE_DEFAULTS[key]
+    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
 def resolve_stages(
@@ -76,9 +108,9 @@ def resolve_stages(
     stages, epoch = [], 0
     for i, (name, c) in enumerate(items):
         where = f"stages.{name}"
-        epochs, auto_epochs = _count(c, "epochs", 1, AUTO_EPOCHS_PLACEHOLDER, where)
-        views, auto_views = _count(c, "cache_views", 4, AUTO_VIEWS_PLACEHOLDER, where)
-        unfreeze = float(_get(c, "unfreeze", 0.0))
+        epochs, auto_epochs = _count(c, "epochs", AUTO_EPOCHS_PLACEHOLDER, where)
+        views, auto_views = _count(c, "cache_views", AUTO_VIEWS_PLACEHOLDER, where)
+        unfreeze = float(_get(c, "unfreeze"))
         groups = _get(c, "trainable_groups")
         if groups is None:
             if not 0.0 <= unfreeze <= 1.0:
@@ -94,7 +126,7 @@ def resolve_stages(
             value = _get(c, key)
             if value is not None and value not in allowed:
                 raise StageError(f"{where}.{key}={value!r}: choose one of {', '.join(allowed)}")
-        lr = float(_get(c, "lr", 1e-3))
+        lr = float(_get(c, "lr"))
         if lr <= 0:
             raise StageError(f"{where}.lr must be > 0, got {lr}")
         image_size = int(_get(c, "image_size") or image_size)
@@ -109,18 +141,18 @@ def resolve_stages(
                 epochs=epochs,
                 trainable_groups=int(groups),
                 lr=lr,
-                backbone_lr_scale=float(_get(c, "backbone_lr_scale", 0.1)),
-                weight_decay=float(_get(c, "weight_decay", 0.01)),
-                optimizer=_get(c, "optimizer", "adamw"),
-                scheduler=_get(c, "scheduler", "cosine"),
-                warmup_epochs=float(_get(c, "warmup_epochs", 0.0)),
-                min_lr_ratio=float(_get(c, "min_lr_ratio", 0.01)),
-                plateau_patience=int(_get(c, "plateau_patience", 3)),
-                plateau_factor=float(_get(c, "plateau_factor", 0.3)),
+                backbone_lr_scale=float(_get(c, "backbone_lr_scale")),
+                weight_decay=float(_get(c, "weight_decay")),
+                optimizer=_get(c, "optimizer"),
+                scheduler=_get(c, "scheduler"),
+                warmup_epochs=float(_get(c, "warmup_epochs")),
+                min_lr_ratio=float(_get(c, "min_lr_ratio")),
+                plateau_patience=int(_get(c, "plateau_patience")),
+                plateau_factor=float(_get(c, "plateau_factor")),
                 image_size=image_size,
                 batch_size=batch_size,
                 augment_strength=augment_strength,
-                cache=_get(c, "cache", "auto"),
+                cache=_get(c, "cache"),
                 cache_views=views,
                 auto_epochs=auto_epochs,
                 auto_views=auto_views,
@@ -130,9 +162,9 @@ def resolve_stages(
     return stages
 
 
-def _count(c, key: str, default: int, placeholder: int, where: str) -> tuple[int, bool]:
+def _count(c, key: str, placeholder: int, where: str) -> tuple[int, bool]:
     """A positive whole number or ``auto`` (returned as the placeholder, flagged)."""
-    value = _get(c, key, default)
+    value = _get(c, key)
     if isinstance(value, str) and value.strip().lower() == AUTO:
         return placeholder, True
     try:

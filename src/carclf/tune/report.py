@@ -4,7 +4,7 @@ In the sweep dir:
 
 * ``trials.csv``: one row per trial: state (complete / pruned / fail), objective, reason,
   duration, epochs reported, every searched parameter, and the override line;
-* ``summary.csv`` / ``summary.md``: the multirun summary (``carclf.train.sweep``), which lists
+* ``summary.csv`` / ``summary.md``: the multirun summary (``carclf.tune.sweep``), which lists
   pruned and failed jobs too;
 * ``report.png``: objective per trial by state with the best-so-far curve, validation accuracy per
   epoch for every trial (where pruning cut trials short), and parameter importances (fANOVA, from
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shlex
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from carclf.train.sweep import write_summary
+from carclf import io
+from carclf.tune.sweep import write_summary
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,15 @@ def write_report(study, sweep_dir: str | Path, final: bool = False) -> Path | No
     table = trials_table(study)
     if table.empty:
         return None
-    _atomic(sweep_dir / "trials.csv", lambda p: table.to_csv(p, index=False))
+    with io.atomic_path(sweep_dir / "trials.csv") as tmp:
+        table.to_csv(tmp, index=False)
     try:
         write_summary(sweep_dir, echo=False)
     except Exception as e:  # a summary problem must not stop the search
         log.warning("sweep summary not written: %s", e)
     try:
-        _atomic(sweep_dir / "report.png", lambda p: plot_report(study, p))
+        with io.atomic_path(sweep_dir / "report.png", suffix=".png") as tmp:
+            plot_report(study, tmp)
     except Exception as e:
         log.warning("report.png not written: %s", e)
     best = best_trial(study)
@@ -88,7 +90,7 @@ def write_report(study, sweep_dir: str | Path, final: bool = False) -> Path | No
     else:
         cmd = rerun_command(best.user_attrs.get("overrides", []))
         text = f"{head}\nbest: trial {best.number}, value {best.value:.4f}\nrerun: {cmd}\n"
-    _atomic(sweep_dir / "best.txt", lambda p: Path(p).write_text(text))
+    io.write_text(sweep_dir / "best.txt", text)
     if final:
         print(
             f"\nsearch report ({sweep_dir}): trials.csv, summary.md, report.png\n{text}", flush=True
@@ -172,9 +174,3 @@ def param_importances(study) -> dict[str, float]:
     except Exception as e:  # e.g. every completed trial has the same parameters
         log.info("no parameter importances yet: %s", e)
         return {}
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)

@@ -36,6 +36,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from carclf import io
 from carclf.errors import CarclfError
 from carclf.tune.space import as_overrides, parse_space, suggest
 from carclf.tune.study import PRUNER_ATTR, REASON_ATTR, SPACE_ATTR, storage
@@ -273,9 +274,7 @@ def _write_trial_json(sweep_dir: Path, t) -> None:
         "epochs_reported": len(t.intermediate_values),
         "duration_s": round(t.duration.total_seconds(), 1) if t.duration else None,
     }
-    tmp = job / ".trial.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    tmp.replace(job / "trial.json")
+    io.write_text(job / "trial.json", json.dumps(record, indent=1, default=str))
 
 
 def register() -> None:

@@ -1,6 +1,6 @@
 """Label doctor: rank the labelled photos whose given label is probably wrong, before training.
 
-    python -m carclf.data.doctor PATH [--out DIR] [--folds 5]
+    python -m carclf.inspect.doctor PATH [--out DIR] [--folds 5]
 
 How: every labelled photo goes once through a frozen pretrained backbone (the offline Lite0 by
 default; globally pooled features, cached in ``DIR``); a logistic regression on those features is
@@ -23,18 +23,14 @@ probability of the suggestion), and a gallery page. ``train.py data.exclude=DIR/
 trains without the flagged photos (:mod:`carclf.data.exclude`). Needs ``pip install
 'carclf[doctor]'`` (cleanlab, scikit-learn).
 
-The package boundary: this module uses a backbone from :mod:`carclf.models`, which imports
-nothing from :mod:`carclf.data`, so there is no cycle (``python ../shared/tools/package_cycles.py``).
+The features come from :mod:`carclf.inspect.features` (a backbone from :mod:`carclf.models`: the
+inspection app sits above the data and model layers).
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import logging
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +38,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from carclf.data import html as H
+from carclf import html as H
+from carclf import io
+from carclf.cli import exit_code, main_exit
 from carclf.data.layouts import DatasetIndex
+from carclf.data.thumbs import Thumbnails
 from carclf.errors import CarclfError
+from carclf.inspect.dataset import dataset_parser, read_for_report
+from carclf.inspect.features import pooled_features
 
 log = logging.getLogger(__name__)
 
@@ -98,77 +99,6 @@ def _require():
         ) from None
 
 
-# -- features ---------------------------------------------------------------------------------
-
-
-def _feature_key(paths: list[str], backbone: str, weights: str, size: int) -> str:
-    h = hashlib.sha1(f"{backbone}|{weights}|{size}".encode())
-    for p in paths:
-        try:
-            st = os.stat(p)
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{p}|missing\n".encode())
-    return h.hexdigest()[:16]
-
-
-def pooled_features(
-    paths: list[str],
-    backbone: str = "tf_efficientnet_lite0",
-    weights: str = "auto",
-    image_size: int = 224,
-    batch_size: int = 32,
-    num_workers: int = 2,
-    cache_dir: str | Path | None = None,
-    progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Globally pooled features of a frozen backbone, one row per path, and a mask of the rows
-    that decoded. Cached in ``cache_dir`` by paths, file sizes and times, backbone and size."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from carclf.data.dataset import CarDataset, skip_none_collate
-    from carclf.data.presets import EvalPreset
-    from carclf.models.factory import create_backbone, data_config
-
-    cache = None
-    if cache_dir is not None:
-        key = _feature_key(paths, backbone, weights, image_size)
-        cache = Path(cache_dir) / f"features-{backbone}-{image_size}-{key}.npz"
-        if cache.is_file():
-            with np.load(cache) as z:
-                return z["features"], z["valid"]
-    model = create_backbone(backbone, weights).eval()
-    cfg = data_config(model)
-    preset = EvalPreset(size=image_size, mean=cfg["mean"], std=cfg["std"])
-    loader = DataLoader(
-        CarDataset(paths, None, preset),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=skip_none_collate,
-    )
-    if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc="label doctor: features", unit="batch", file=sys.stderr)
-    feats = np.zeros((len(paths), model.num_features), dtype=np.float32)
-    valid = np.zeros(len(paths), dtype=bool)
-    with torch.inference_mode():
-        for batch in loader:
-            if batch is None:
-                continue
-            x, _, idx = batch
-            feats[idx.numpy()] = model(x).mean((2, 3)).float().numpy()
-            valid[idx.numpy()] = True
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
-        os.close(fd)
-        np.savez(tmp, features=feats, valid=valid)
-        os.replace(tmp, cache)
-    return feats, valid
-
-
 # -- the diagnosis ----------------------------------------------------------------------------
 
 
@@ -190,6 +120,49 @@ def out_of_fold_probs(
     return probs
 
 
+def _check_classes(index: DatasetIndex, folds: int) -> None:
+    """A DoctorError unless every one of at least 2 classes has a photo for each fold."""
+    if index.num_classes < 2:
+        raise DoctorError(f"{index.root}: the label doctor needs at least 2 classes")
+    if folds < 2:
+        raise DoctorError(f"folds={folds}: the label doctor needs at least 2 folds")
+    counts = index.train["label"].value_counts()
+    small = [
+        f"{index.class_names[k]!r} ({counts.get(k, 0)})"
+        for k in range(index.num_classes)
+        if counts.get(k, 0) < folds
+    ]
+    if small:
+        raise DoctorError(
+            f"{index.root}: {len(small)} class(es) have fewer labelled photos than the {folds} "
+            f"folds of the label doctor: {', '.join(small[:10])}"
+            + (" ..." if len(small) > 10 else "")
+            + "; add photos, or use fewer folds (--folds 3)"
+        )
+
+
+def _issues_table(
+    index: DatasetIndex, rows: pd.DataFrame, probs: np.ndarray, scores: np.ndarray, flagged
+) -> pd.DataFrame:
+    """The flagged rows (most suspicious first) as label_issues.csv's table."""
+    labels = rows["label"].to_numpy()
+    suggested = probs.argmax(1)
+    values = index.label_values
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(flagged) + 1),
+            "path": rows["path"].to_numpy()[flagged],
+            "id": rows["id"].to_numpy()[flagged],
+            "given_label": [values[k] for k in labels[flagged]],
+            "given_name": [index.class_names[k] for k in labels[flagged]],
+            "suggested_label": [values[k] for k in suggested[flagged]],
+            "suggested_name": [index.class_names[k] for k in suggested[flagged]],
+            "score": np.round(scores[flagged], 4),
+            "suggested_prob": np.round(probs[flagged, suggested[flagged]], 4),
+        }
+    )
+
+
 def diagnose(
     index: DatasetIndex,
     *,
@@ -209,27 +182,10 @@ def diagnose(
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    if index.num_classes < 2:
-        raise DoctorError(f"{index.root}: the label doctor needs at least 2 classes")
-    if folds < 2:
-        raise DoctorError(f"folds={folds}: the label doctor needs at least 2 folds")
-    counts = index.train["label"].value_counts()
-    small = [
-        f"{index.class_names[k]!r} ({counts.get(k, 0)})"
-        for k in range(index.num_classes)
-        if counts.get(k, 0) < folds
-    ]
-    if small:
-        raise DoctorError(
-            f"{index.root}: {len(small)} class(es) have fewer labelled photos than the {folds} "
-            f"folds of the label doctor: {', '.join(small[:10])}"
-            + (" ..." if len(small) > 10 else "")
-            + "; add photos, or use fewer folds (--folds 3)"
-        )
-    paths = index.train["path"].tolist()
+    _check_classes(index, folds)
     t0 = time.perf_counter()
     feats, valid = pooled_features(
-        paths,
+        index.train["path"].tolist(),
         backbone,
         weights,
         image_size,
@@ -250,23 +206,8 @@ def diagnose(
     flagged = np.flatnonzero(issue & (scores < max_score))
     flagged = flagged[np.argsort(scores[flagged], kind="stable")]
     fit_seconds = time.perf_counter() - t0
-    suggested = probs.argmax(1)
-    values = index.label_values
-    issues = pd.DataFrame(
-        {
-            "rank": np.arange(1, len(flagged) + 1),
-            "path": rows["path"].to_numpy()[flagged],
-            "id": rows["id"].to_numpy()[flagged],
-            "given_label": [values[k] for k in labels[flagged]],
-            "given_name": [index.class_names[k] for k in labels[flagged]],
-            "suggested_label": [values[k] for k in suggested[flagged]],
-            "suggested_name": [index.class_names[k] for k in suggested[flagged]],
-            "score": np.round(scores[flagged], 4),
-            "suggested_prob": np.round(probs[flagged, suggested[flagged]], 4),
-        }
-    )
     return DoctorResult(
-        issues,
+        _issues_table(index, rows, probs, scores, flagged),
         rows["path"].tolist(),
         labels,
         probs,
@@ -279,14 +220,9 @@ def diagnose(
 
 def write_issues(result: DoctorResult, path: str | Path) -> Path:
     """``label_issues.csv``, written atomically (usable as ``data.exclude``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".csv")
-    os.close(fd)
-    result.issues.to_csv(tmp, index=False)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    with io.atomic_path(path) as tmp:
+        result.issues.to_csv(tmp, index=False)
+    return Path(path)
 
 
 # -- the gallery ------------------------------------------------------------------------------
@@ -343,15 +279,9 @@ def gallery_html(result: DoctorResult, index: DatasetIndex, thumbs=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from carclf.data.report import read_for_report
-
-    parser = argparse.ArgumentParser(
-        prog="python -m carclf.data.doctor", description=__doc__.splitlines()[0]
+    parser = dataset_parser(
+        "python -m carclf.inspect.doctor", __doc__.splitlines()[0], "outputs/label-doctor"
     )
-    parser.add_argument("path", help="dataset: Kaggle layout, folder per class, CSV, or a zip")
-    parser.add_argument("--out", default="outputs/label-doctor", help="output folder")
-    parser.add_argument("--layout", default="auto", choices=["auto", "kaggle", "folders", "csv"])
-    parser.add_argument("--class-map", default="auto", help="auto, none, sfdl, or a classes.csv")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument(
         "--max-score",
@@ -363,31 +293,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    return exit_code(lambda: _doctor(args))
+
+
+def _doctor(args) -> int:
     out = Path(args.out)
-    try:
-        index, notes = read_for_report(args.path, args.layout, args.class_map)
-        if index.num_classes < 2:
-            raise DoctorError(notes[-1] if notes else "the label doctor needs labelled photos")
-        out.mkdir(parents=True, exist_ok=True)
-        result = diagnose(
-            index,
-            backbone=args.backbone,
-            image_size=args.image_size,
-            folds=args.folds,
-            max_score=args.max_score,
-            cache_dir=out,
-            progress=sys.stderr.isatty(),
-        )
-    except CarclfError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    index, notes = read_for_report(args.path, args.layout, args.class_map)
+    if index.num_classes < 2:
+        raise DoctorError(notes[-1] if notes else "the label doctor needs labelled photos")
+    out.mkdir(parents=True, exist_ok=True)
+    result = diagnose(
+        index,
+        backbone=args.backbone,
+        image_size=args.image_size,
+        folds=args.folds,
+        max_score=args.max_score,
+        cache_dir=out,
+        progress=sys.stderr.isatty(),
+    )
     csv = write_issues(result, out / ISSUES_FILE)
     page = H.page(
         "carclf label doctor",
         f"{index.root}. Written {time.strftime('%Y-%m-%d %H:%M')}.",
-        [("doctor", "Likely mislabelled photos", gallery_html(result, index, H.Thumbnails()))],
+        [("doctor", "Likely mislabelled photos", gallery_html(result, index, Thumbnails()))],
     )
-    H.write_atomic(out / "label_issues.html", page)
+    io.write_text(out / "label_issues.html", page)
     s = result.summary()
     print(
         f"label doctor: {s['flagged']} of {s['photos']} labelled photos flagged "
@@ -398,4 +328,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_exit(main)

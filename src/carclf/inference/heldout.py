@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from carclf.data.inputs import LabelMatcher
 from carclf.data.run_split import run_folder, validation_rows
 from carclf.errors import CarclfError
-from carclf.evaluate.inputs import LabelMatcher
 from carclf.inference.files import ViewLogits, infer_paths
 
 

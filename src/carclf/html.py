@@ -1,7 +1,12 @@
-"""Small HTML building blocks for the dataset report: one self-contained page, images inlined.
+"""HTML building blocks of carclf's reports: one self-contained page, images inlined.
 
+Shared by the dataset report and the label doctor (:mod:`carclf.inspect`) and the evaluation
+report (:mod:`carclf.evaluate.report`), so the pages look alike and the CSS lives in one place.
 Self-contained (figures and thumbnails as base64 ``data:`` URIs, CSS inline, no script, no
-external asset) so the page can be mailed, attached to a ticket, or opened from an archive.
+external asset) so a page can be mailed, attached to a ticket, or opened from an archive.
+
+Layer 0: strings in, strings out. Nothing here decodes an image (thumbnails are made in
+:mod:`carclf.data.thumbs`); :func:`png_uri` only asks a matplotlib figure to save itself.
 """
 
 from __future__ import annotations
@@ -9,18 +14,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-
-from carclf.data.facts import thumbnail_jpeg  # noqa: E402
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1300px;
@@ -37,6 +30,7 @@ th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .card b{display:block;font-size:1.5em}.card span{color:#666;font-size:.85em}
 .card.warn{border-color:#e0a000;background:#fff8e6}.card.bad{border-color:#d33;background:#fdecec}
 .card.good{border-color:#3a3;background:#eef8ee}
+img{max-width:100%;height:auto;border:1px solid #eee}
 figure{display:inline-block;margin:.2em;vertical-align:top;text-align:center}
 figure img{height:96px;border:1px solid #ddd;border-radius:3px}
 figcaption{font-size:.72em;color:#555;max-width:150px;overflow-wrap:anywhere}
@@ -51,6 +45,7 @@ vertical-align:top}
 .tag{display:inline-block;font-size:.75em;padding:0 .4em;border-radius:3px;background:#eee}
 .tag.leak{background:#d33;color:#fff}
 img.fig{max-width:100%;height:auto;border:0}
+.wide{overflow-x:auto}.wide img{max-width:none}
 """
 
 
@@ -58,30 +53,44 @@ def esc(value) -> str:
     return html.escape(str(value))
 
 
-def png_uri(fig) -> str:
-    """Render a matplotlib figure to a PNG data URI and close it."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+def data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def jpeg_uri(data: bytes) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+    return data_uri(data, "image/jpeg")
+
+
+def png_uri(fig) -> str:
+    """Render a matplotlib figure to a PNG data URI and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return data_uri(buf.getvalue(), "image/png")
+
+
+def img(src: str, alt: str, cls: str = "") -> str:
+    """An ``<img>`` tag (``src`` a data URI); ``cls`` a CSS class such as ``fig``."""
+    klass = f' class="{cls}"' if cls else ""
+    return f'<img{klass} alt="{esc(alt)}" src="{src}">'
 
 
 def figure(src: str | None, caption: str, title: str = "") -> str:
     """A thumbnail with a caption; ``src`` None (unreadable file) shows the caption only."""
-    img = (
+    tag = (
         f'<img src="{src}" alt="{esc(caption)}" title="{esc(title or caption)}">'
         if src
         else '<div class="note">(unreadable)</div>'
     )
-    return f"<figure>{img}<figcaption>{esc(caption)}</figcaption></figure>"
+    return f"<figure>{tag}<figcaption>{esc(caption)}</figcaption></figure>"
 
 
 def card(value, label: str, level: str = "") -> str:
-    return f'<div class="card {level}"><b>{esc(value)}</b><span>{esc(label)}</span></div>'
+    """A big number with a label; ``level`` is "", "good", "warn" or "bad"."""
+    klass = f"card {level}" if level else "card"
+    return f'<div class="{klass}"><b>{esc(value)}</b><span>{esc(label)}</span></div>'
 
 
 def table(header: list[str], rows: list[list], num_cols: tuple[int, ...] = ()) -> str:
@@ -98,9 +107,17 @@ def table(header: list[str], rows: list[list], num_cols: tuple[int, ...] = ()) -
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def page(title: str, subtitle: str, sections: list[tuple[str, str, str]], top: str = "") -> str:
-    """The whole document; ``sections`` are (anchor, heading, body HTML), linked from a nav bar."""
-    nav = " ".join(f'<a href="#{a}">{esc(h)}</a>' for a, h, _ in sections)
+def page(
+    title: str,
+    subtitle: str,
+    sections: list[tuple[str, str, str]],
+    top: str = "",
+    nav: bool = True,
+) -> str:
+    """The whole document; ``sections`` are (anchor, heading, body HTML), linked from a nav bar
+    (``nav=False``: no nav bar). ``top`` (HTML) goes between the subtitle and the sections."""
+    links = " ".join(f'<a href="#{a}">{esc(h)}</a>' for a, h, _ in sections)
+    bar = f"<nav>{links}</nav>\n" if nav else ""
     body = "\n".join(f'<h2 id="{a}">{esc(h)}</h2>\n{b}' for a, h, b in sections)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title><style>{CSS}</style></head>
@@ -108,37 +125,6 @@ def page(title: str, subtitle: str, sections: list[tuple[str, str, str]], top: s
 <h1>{esc(title)}</h1>
 <p class="sub">{esc(subtitle)}</p>
 {top}
-<nav>{nav}</nav>
-{body}
+{bar}{body}
 </body></html>
 """
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
-    os.replace(tmp, path)
-
-
-class Thumbnails:
-    """Draft-decoded JPEG thumbnails as data URIs, made once per path, in a thread pool."""
-
-    def __init__(self, size: int = 112, workers: int = 4):
-        self.size, self.workers = size, workers
-        self._uris: dict[str, str | None] = {}
-
-    def want(self, paths) -> None:
-        todo = [p for p in dict.fromkeys(paths) if p not in self._uris]
-        with ThreadPoolExecutor(self.workers) as pool:
-            for p, data in zip(todo, pool.map(self._one, todo), strict=True):
-                self._uris[p] = jpeg_uri(data) if data else None
-
-    def _one(self, path: str) -> bytes | None:
-        return thumbnail_jpeg(path, self.size)
-
-    def __getitem__(self, path: str) -> str | None:
-        if path not in self._uris:
-            self.want([path])
-        return self._uris[path]

@@ -19,17 +19,16 @@ cache's exact augmented pixels; the per-photo target costs one teacher pass and 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from carclf import io
 from carclf.data.extra import file_md5
-from carclf.errors import CarclfError
-from carclf.evaluate.inputs import collect_inputs
+from carclf.data.inputs import collect_inputs
+from carclf.errors import ConfigError, DataError
 from carclf.inference import Classifier
 from carclf.inference.files import infer_paths
 
@@ -72,13 +71,8 @@ def teacher_logits(
         res.seconds,
     )
     if cache is not None:
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".teacher-", suffix=".npz")
-        os.close(fd)
-        try:
+        with io.atomic_path(cache, suffix=".npz") as tmp:
             np.savez(tmp, logits=logits, paths=np.array(paths), tta=np.array(tta))
-            os.replace(tmp, cache)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     return logits
 
 
@@ -88,13 +82,13 @@ def attach_teacher(dm, teacher: str, distill, run_dir: str | Path | None = None)
     ``distill``: ``temperature``, ``alpha``, ``tta``, ``unlabelled`` (see ``DistillConfig``).
     """
     if not 0.0 <= distill.alpha <= 1.0:
-        raise CarclfError(f"distill.alpha={distill.alpha}: must be in [0, 1]")
+        raise ConfigError(f"distill.alpha={distill.alpha}: must be in [0, 1]")
     if distill.temperature <= 0:
-        raise CarclfError(f"distill.temperature={distill.temperature}: must be > 0")
+        raise ConfigError(f"distill.temperature={distill.temperature}: must be > 0")
     clf = Classifier.load(teacher, backend="torch", device="cpu")
     ours = [str(v) for v in dm.index.label_values]
     if [str(v) for v in clf.meta.label_values] != ours:
-        raise CarclfError(
+        raise DataError(
             f"teacher={teacher}: its classes {clf.meta.label_values[:6]}... differ from the "
             f"dataset's {dm.index.label_values[:6]}... ({clf.num_classes} vs {len(ours)})"
         )

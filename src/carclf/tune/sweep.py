@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 from hydra.experimental.callback import Callback
 
+from carclf import io
+
 log = logging.getLogger(__name__)
 
 
@@ -52,9 +54,8 @@ def write_summary(sweep_dir: str | Path, echo: bool = True) -> pd.DataFrame:
     if table.empty:
         log.warning("sweep %s: no job wrote metrics.json", sweep_dir)
         return table
-    tmp = sweep_dir / ".summary.csv.tmp"
-    table.to_csv(tmp, index=False)
-    tmp.replace(sweep_dir / "summary.csv")
+    with io.atomic_path(sweep_dir / "summary.csv") as tmp:
+        table.to_csv(tmp, index=False)
     cols = [
         c
         for c in ("job", "state", "overrides", "val_acc", "val_loss", "train_seconds", "reason")
@@ -65,9 +66,7 @@ def write_summary(sweep_dir: str | Path, echo: bool = True) -> pd.DataFrame:
         if _has_tabulate()
         else table[cols].to_string(index=False)
     )
-    tmp = sweep_dir / ".summary.md.tmp"
-    tmp.write_text(md + "\n")
-    tmp.replace(sweep_dir / "summary.md")
+    io.write_text(sweep_dir / "summary.md", md + "\n")
     if echo:
         print(f"\nsweep summary ({sweep_dir}):\n{md}")
     return table

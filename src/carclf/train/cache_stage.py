@@ -1,0 +1,181 @@
+"""CacheStage: the feature caches of a run's frozen prefixes and the engines that compute them.
+
+A stage whose bottom backbone groups are frozen can run them once, for a fixed pool of views per
+training photo, and train the rest on their cached output (:mod:`carclf.train.feature_cache`).
+This class decides where a stage can be cut, keeps one prefix engine per (cut, size, weights)
+(:mod:`carclf.train.prefix_engine`), builds or reopens the caches of the train and validation
+splits, and hands out loaders over them. The stage callback and the planner's speed probe both
+use it through these public methods; neither reaches into its state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from carclf.data.dataset import MultiViewDataset
+from carclf.train.feature_cache import CacheKey, FeatureCache, prefix_fingerprint
+from carclf.train.prefix_engine import CheckedEngine, make_engine, resolve_engine
+from carclf.train.stages import Stage
+
+log = logging.getLogger(__name__)
+
+# Random crops of a large photo upscale a part of it: keep 1.5x the size when drafting the JPEG.
+DRAFT_FACTOR = 1.5
+PROBE_IMAGES = 48
+
+
+class CacheStage:
+    """Feature caches and prefix engines of one run.
+
+    Args:
+        engine: ``cache_engine`` (auto | torch | onnx).
+        max_cache_mb: caches up to this size are also held in RAM.
+        cache_dir: where caches live (the run dir's ``cache/``): a killed run reuses them.
+    """
+
+    def __init__(
+        self, engine: str = "auto", max_cache_mb: int = 2048, cache_dir: str | Path | None = None
+    ):
+        self.engine_choice = engine
+        self.max_cache_mb = max_cache_mb
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.enabled = True  # off under DDP: every rank would build its own cache
+        self.caches: dict[str, FeatureCache] = {}
+        self.seconds: dict[str, float] = {}  # "<stage>/<split>" -> build (or reopen) time
+        self.engine_names: set[str] = set()  # engines that computed a cache (for metrics.json)
+        self._engines: dict[tuple, CheckedEngine] = {}
+
+    # -- where to cut -------------------------------------------------------------------------
+    def cacheable(self, stage: Stage, pl_module) -> bool:
+        net = pl_module.net
+        if (
+            stage.cache == "off"
+            or not self.enabled
+            or not net.splittable
+            or stage.trainable_groups >= net.num_groups
+        ):
+            return False
+        return stage.cache == "on" or pl_module.device.type == "cpu"
+
+    def cut(self, stages: list[Stage], stage: Stage, pl_module) -> int:
+        """Groups to cache for ``stage`` (0: no cache): the smallest frozen prefix among it and
+        the following stages that can share one cache (same size, views and augmentation)."""
+        if not self.cacheable(stage, pl_module):
+            return 0
+        n = pl_module.net.num_groups
+        cut = stage.cut(n)
+        same = (stage.image_size, stage.augment_strength, stage.cache_views)
+        for nxt in stages[stage.index + 1 :]:
+            if (nxt.image_size, nxt.augment_strength, nxt.cache_views) != same:
+                break
+            if not self.cacheable(nxt, pl_module):
+                break
+            cut = min(cut, nxt.cut(n))
+        return cut
+
+    # -- engines and datasets -----------------------------------------------------------------
+    def engine(self, cut: int, size: int, pl_module) -> CheckedEngine:
+        """The prefix engine for groups ``0..cut-1`` at ``size`` px (built once, then reused)."""
+        net = pl_module.net
+        key = (cut, size, prefix_fingerprint(net, cut))
+        if key not in self._engines:
+            name = resolve_engine(self.engine_choice, pl_module.device)
+            self._engines[key] = make_engine(
+                name, net, pl_module.meta, cut, size, workdir=self.cache_dir
+            )
+        return self._engines[key]
+
+    @staticmethod
+    def view_presets(dm, split: str, views: int) -> list:
+        """The plain image and its mirror first, then random train-time crops."""
+        if split != "train":
+            return [dm.eval_preset()]
+        presets = [dm.eval_preset(), dm.eval_preset(hflip=True)]
+        while len(presets) < views:
+            presets.append(dm.train_preset())
+        return presets[:views]
+
+    @staticmethod
+    def multiview(dm, rows, presets) -> MultiViewDataset:
+        draft = int(dm.image_size * DRAFT_FACTOR)
+        return MultiViewDataset(rows["path"].tolist(), rows["label"].tolist(), presets, draft)
+
+    # -- building -----------------------------------------------------------------------------
+    def prepare(self, stage: Stage, cut: int, dm, pl_module) -> None:
+        """Build (or reopen) the train and validation caches of ``stage`` cut at ``cut``."""
+        fingerprint = prefix_fingerprint(pl_module.net, cut)
+        for split in ("train", "val"):
+            views = stage.cache_views if split == "train" else 1
+            rows = dm.rows(split)
+            key = CacheKey(
+                split, cut, stage.image_size, views, stage.augment_strength, len(rows), fingerprint
+            )
+            old = self.caches.get(split)
+            if old is not None and old.key == key:
+                continue
+            if old is not None:
+                old.delete()  # free memory and disk before building the new one
+                self.caches.pop(split)
+            t0 = time.perf_counter()
+            self.caches[split] = self._open_or_build(key, rows, dm, pl_module, stage, split)
+            self.seconds[f"{stage.name}/{split}"] = time.perf_counter() - t0
+
+    def _open_or_build(self, key: CacheKey, rows, dm, pl_module, stage: Stage, split: str):
+        if self.cache_dir is not None:
+            labels = rows["label"].to_numpy()
+            cache = FeatureCache.open(key, self.cache_dir, labels, self.max_cache_mb)
+            if cache is not None:
+                return cache
+        return FeatureCache.build(
+            key,
+            self.engine(key.cut, key.image_size, pl_module),
+            self.multiview(dm, rows, self.view_presets(dm, split, key.views)),
+            batch_images=max(1, 32 // key.views),
+            num_workers=dm.num_workers,
+            max_mb=self.max_cache_mb,
+            directory=self.cache_dir,
+        )
+
+    def loader(self, split: str, batch_size: int) -> DataLoader:
+        """A loader over the cache of ``split`` (train: shuffled, one random view per photo)."""
+        train = split == "train"
+        return self.caches[split].loader(batch_size, shuffle=train, drop_last=train)
+
+    def probe(self, dm, pl_module, stage: Stage, cut: int) -> tuple[torch.Tensor, float]:
+        """Cache two views of a few train photos with the run's engine: features and views/s."""
+        rows = dm.rows("train").iloc[:PROBE_IMAGES]
+        fingerprint = prefix_fingerprint(pl_module.net, cut)
+        key = CacheKey(
+            "probe", cut, stage.image_size, 2, stage.augment_strength, len(rows), fingerprint
+        )
+        cache = FeatureCache.build(
+            key,
+            self.engine(cut, stage.image_size, pl_module),
+            self.multiview(dm, rows, [dm.eval_preset(), dm.train_preset()]),
+            batch_images=16,
+            num_workers=dm.num_workers,
+        )
+        rate = cache.rate or 2 * len(rows) / max(cache.seconds, 1e-6)
+        feats = torch.as_tensor(cache.store).reshape(-1, *cache.store.shape[2:]).float()
+        return feats, rate
+
+    def close(self) -> None:
+        """The run is done: delete its caches (a resume will not need them), close engines."""
+        for cache in self.caches.values():
+            cache.delete()
+        self.caches.clear()
+        for engine in self._engines.values():
+            if engine.checked or engine.engine is None:
+                self.engine_names.add(engine.name)
+            engine.close()
+        self._engines.clear()
+        if self.cache_dir is not None and self.cache_dir.is_dir():
+            try:
+                self.cache_dir.rmdir()  # only when empty: nothing of the user's is removed
+            except OSError:
+                pass
