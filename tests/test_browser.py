@@ -125,3 +125,21 @@ def test_page_shows_the_service_error_for_a_gif(browser, server, tmp_path):
     _upload(browser, gif)
     error = _wait(browser, "[data-testid=error]").text
     assert "GIF images are not accepted" in error
+
+
+def test_explain_shows_the_heat_map_with_a_toggle(browser, server):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    _wait(browser, "#model.ready")
+    _upload(browser, photo_paths()[1])
+    _wait(browser, "[data-testid=top1-name]")
+    _wait(browser, "[data-testid=explain]").click()
+    heat = _wait(browser, "[data-testid=heatmap]")
+    assert heat.get_attribute("src").startswith("data:image/png;base64,")
+    assert int(heat.get_attribute("naturalWidth")) > 0
+    assert "Grad-CAM for" in browser.find_element(By.ID, "explain-note").text
+    preview = browser.find_element(By.ID, "preview")
+    assert not preview.is_displayed()  # the map is shown in the photo's place
+    browser.find_element(By.ID, "heatmap-toggle").click()  # off: the photo again
+    assert preview.is_displayed() and not heat.is_displayed()

@@ -304,3 +304,35 @@ def test_cpu_best_recipe_plans_to_its_budget():
     assert cfg.trainer.time_budget_min == 15
     assert cfg.stages.top.epochs == "auto" and cfg.stages.top.cache_views == "auto"
     assert (ROOT / "conf" / "experiment" / "cpu_best.yaml").is_file()
+
+
+def test_open_set_bank_from_the_cache_matches_the_photos(stanford, lite0):
+    """The end of a run takes the open set's knn bank from the train cache's plain view through
+    the tail; that must equal a full forward pass of the photos, and is refused when the cache
+    no longer matches the bundle (other size, other frozen weights)."""
+    from carclf.data.images import load_rgb
+    from carclf.inference.torch_backend import net_outputs
+    from carclf.train.cache_stage import CacheStage
+
+    paths, labels = _photos(stanford, 6)
+    preset = EvalPreset(size=64, mean=MEAN, std=STD)
+    ds = MultiViewDataset(
+        paths, labels, [preset, EvalPreset(size=64, mean=MEAN, std=STD, hflip=True)]
+    )
+    cut = 6
+    key = CacheKey("train", cut, 64, 2, 1.0, len(ds), prefix_fingerprint(lite0, cut))
+    stage = CacheStage()
+    stage.caches["train"] = FeatureCache.build(
+        key, TorchPrefix(lite0, cut, channels_last=False), ds, batch_images=4, num_workers=0
+    )
+    got = stage.tail_features(lite0, 64, [4, 1, 2])
+    with torch.inference_mode():
+        x = torch.stack([preset(load_rgb(paths[i])) for i in (4, 1, 2)])
+        _, want = net_outputs(lite0, x)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=5e-2, rtol=5e-2)  # the cache holds fp16 features
+    assert stage.tail_features(lite0, 96, [0]) is None  # the bundle's size differs
+    other = build_net("tf_efficientnet_lite0", 5, weights="offline").eval()
+    with torch.no_grad():
+        next(other.group_modules(0)[0].parameters()).add_(0.1)
+    assert stage.tail_features(other, 64, [0]) is None  # the frozen prefix changed

@@ -161,8 +161,9 @@ def test_cli_module(tmp_path, bundle):
 
 
 def test_cli_errors_are_one_line(tmp_path, bundle, capsys):
-    assert main([str(tmp_path / "nope")]) == 1
+    # bad input exits 2, as in every carclf command (it was 1 before issue 21)
+    assert main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "no such model" in err and "Traceback" not in err
-    assert main([str(bundle), "--int8", "--out", str(tmp_path / "c")]) == 1
+    assert main([str(bundle), "--int8", "--out", str(tmp_path / "c")]) == 2
     assert "--images" in capsys.readouterr().err

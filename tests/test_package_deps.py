@@ -23,6 +23,8 @@ LAYERS: dict[str, int] = {
     "io": 0,
     "cli": 0,
     "html": 0,
+    "phases": 0,  # progress of long phases and the time budget's clock
+    "conf": 0,  # the YAML configs (a package only so that Hydra finds them: pkg://carclf.conf)
     # 1: the input pipeline: readers and layouts, decode, check, presets, TTA, DataModule
     "data": 1,
     # 2: networks: timm factory + offline weights, head, CarNet, LightningModule, bundle
@@ -39,9 +41,13 @@ LAYERS: dict[str, int] = {
     "tune": 4,
     "ensemble": 4,
     "pseudo": 4,
-    # 5: composition roots, imported by no package: the package facade and train.py's schema
+    # 5: composition roots, imported by no package: the package facade, train.py's schema and
+    # the `carclf` command (which composes the others)
     "__init__": 5,
     "config": 5,
+    "commands": 5,
+    "hydra_apps": 5,
+    "__main__": 5,
 }
 APP = 4
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 80
@@ -141,7 +147,7 @@ def test_the_rules_catch_planted_violations(tmp_path, monkeypatch):
 
 def test_composition_roots_are_imported_by_no_package():
     roots = {u for u, layer in LAYERS.items() if layer == 5}
-    users = [(me, them, where) for me, them, where, _ in imports() if them in roots]
+    users = [(me, them, w) for me, them, w, _ in imports() if them in roots and me not in roots]
     assert not users, users
 
 

@@ -367,5 +367,56 @@ def test_cli_bad_model_is_one_line(tmp_path):
         text=True,
         timeout=120,
     )
-    assert r.returncode == 1
+    assert r.returncode == 2  # bad input, as in every carclf command (1 before issue 21)
     assert r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+# -- explanations (POST /explain) ------------------------------------------------------------------
+def test_explain_returns_the_heat_map_of_the_answer(client, photos):
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert client.get("/ready").json()["explain"] is True  # ONNX model, PyTorch weights beside it
+    r = client.post("/explain", files={"file": ("a.jpg", photos[0], "image/jpeg")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    top1 = client.post("/predict", content=photos[0]).json()["top"][0]
+    assert body["explained"]["index"] == top1["index"] and body["explained"]["rank"] == 1
+    assert body["explained"]["probability"] == pytest.approx(top1["probability"], abs=1e-3)
+    assert body["method"] == "grad-cam" and body["image"]["format"] == "JPEG"
+    head, data = body["overlay"].split(",", 1)
+    assert head == "data:image/png;base64"
+    png = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert png.format == "PNG" and png.size == (body["overlay_width"], body["overlay_height"])
+    assert max(png.size) <= 448
+    raw = client.post("/explain?format=png&class_index=3", content=photos[0])
+    assert raw.status_code == 200 and raw.headers["content-type"] == "image/png"
+    assert raw.headers["x-class-index"] == "3" and raw.content.startswith(b"\x89PNG")
+    bad = client.post("/explain?class_index=10", content=photos[0])
+    assert_error(bad, 422, "invalid_parameter")
+    assert "/explain" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("case", list(bad_inputs(b"\xff\xd8\xff")))
+def test_explain_refuses_bad_input_as_predict_does(client, photos, case):
+    kwargs, status, code = bad_inputs(photos[0])[case]
+    assert_error(client.post("/explain", **kwargs), status, code)
+
+
+def test_onnx_only_service_answers_409(bundle, tmp_path, photos):
+    import shutil
+
+    from carclf.models.bundle import read_meta
+
+    only = tmp_path / "onnx-only"
+    shutil.copytree(bundle, only)
+    (only / "model.safetensors").unlink()  # model.onnx and meta.json only
+    clf = Classifier(None, read_meta(only), "cpu", backend=OnnxBackend(only / "model.onnx"))
+    with TestClient(create_app(clf)) as c:
+        assert c.get("/ready").json()["explain"] is False
+        r = c.post("/explain", content=photos[0])
+        assert_error(r, 409, "explain_unavailable")
+        assert "PyTorch weights" in r.json()["detail"]
+        assert c.post("/predict", content=photos[0]).status_code == 200  # predictions still work

@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from carclf.data.presets import AugmentConfig
+from carclf.inference.open_set import OpenSetConfig
 from carclf.models.head import HeadConfig
 from carclf.train.planner import PlanConfig
 from carclf.train.stages import StageConfig
@@ -108,6 +109,8 @@ class TrainConfig:
     # T is fitted on the validation logits merged as predict.py merges them by default (TTA
     # changes the logit scale); "none" fits it on single-view logits.
     calibration_tta: str = "multiscale"
+    # Unknown-photo rejection fitted at the end of the run (carclf.inference.open_set).
+    open_set: OpenSetConfig = field(default_factory=OpenSetConfig)
     # Feature caches live in the run dir (a killed run reuses them); up to this size also in RAM.
     max_cache_mb: int = 2048
     # What computes the frozen prefix for the feature cache: auto (onnx on a CPU, torch on a

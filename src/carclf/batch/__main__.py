@@ -10,7 +10,7 @@ from carclf.cli import exit_code, main_exit
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m carclf.batch",
+        prog="carclf batch",
         description="Predict many photos with Ray Data into Parquet files; rerun the same "
         "command after a crash to finish the rest (no input is written twice).",
     )

@@ -3,7 +3,8 @@
 Layout (Parquet readers skip names that start with ``_``, so ``pandas.read_parquet(OUTPUT)``
 sees the predictions only)::
 
-    OUTPUT/predictions/*.parquet   one row per input: id, path, labels, names, probabilities, error
+    OUTPUT/predictions/*.parquet   one row per input: id, path, labels, names, probabilities,
+                                   unknown, open_set_score (null: no open-set data), error
     OUTPUT/_checkpoint/            Ray Data's record of the ids whose rows are committed
     OUTPUT/_inputs/                this run's input list (what Ray Data reads and filters)
     OUTPUT/_carclf_batch.json      which model, backend and top-k wrote the predictions

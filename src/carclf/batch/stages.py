@@ -24,6 +24,9 @@ SCHEMA = pa.schema(
         ("labels", pa.list_(pa.string())),
         ("names", pa.list_(pa.string())),
         ("probabilities", pa.list_(pa.float32())),
+        # open set (carclf.inference.open_set): null for a model without open-set data
+        ("unknown", pa.bool_()),
+        ("open_set_score", pa.float32()),
         ("error", pa.string()),
     ]
 )
@@ -78,16 +81,20 @@ class Predictor:
             [[] for _ in range(n)],
             [[] for _ in range(n)],
         )
+        unknown, open_scores = [None] * n, [None] * n
+        open_set = self.classifier.open_set
         if len(ok):
-            logits = self.classifier.logits(
+            p, scores = self.classifier.answer(
                 torch.from_numpy(np.ascontiguousarray(batch["image"][ok]))
             )
-            p = self.classifier.probabilities(logits).numpy()
             top = np.argsort(-p, axis=1)[:, :k]
             for row, i in enumerate(ok):
                 labels[i] = self.labels[top[row]].tolist()
                 names[i] = self.names[top[row]].tolist()
                 probs[i] = p[row, top[row]].tolist()
+                if scores is not None:
+                    unknown[i] = bool(open_set.unknown(scores[row]))
+                    open_scores[i] = float(scores[row])
         return pa.table(
             {
                 "id": [str(x) for x in batch["id"]],
@@ -95,6 +102,8 @@ class Predictor:
                 "labels": labels,
                 "names": names,
                 "probabilities": probs,
+                "unknown": unknown,
+                "open_set_score": open_scores,
                 "error": [e or None for e in errors],
             },
             schema=SCHEMA,

@@ -140,7 +140,7 @@ def make_dataset(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m carclf.data.synthetic",
+        prog="carclf synthetic",
         description="Write a small synthetic car dataset (Kaggle layout).",
     )
     parser.add_argument("out")

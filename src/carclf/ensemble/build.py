@@ -24,6 +24,7 @@ from carclf.errors import CarclfError
 from carclf.inference import Classifier, find_model
 from carclf.inference.calibration import fit_temperature
 from carclf.inference.heldout import heldout_view_logits
+from carclf.inference.open_set import OPEN_SET_FILE, fit_open_set
 from carclf.io import atomic_path
 from carclf.models.bundle import BundleMeta, load_bundle, save_bundle
 from carclf.models.ensemble import ENSEMBLE, HELDOUT_FILE, EnsembleNet
@@ -62,9 +63,10 @@ def _short(v) -> str:
 
 
 def out_of_fold_logits(
-    source: str, clf: Classifier, tta: str, num_workers: int
+    source: str, clf: Classifier, tta: str, num_workers: int, plain: list | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(logits merged over the TTA views, model labels) on the run's own validation photos."""
+    """(logits merged over the TTA views, model labels) on the run's own validation photos;
+    the plain view's logits (what open-set scores use) are appended to ``plain`` if given."""
     res, labels = heldout_view_logits(
         source,
         clf,
@@ -76,6 +78,8 @@ def out_of_fold_logits(
     ok = res.ok
     if clf.tta_preset(tta).merge != "logits":
         raise EnsembleError(f"tta={tta}: the ensemble is calibrated on logit-merged policies")
+    if plain is not None:
+        plain.append(res.logits[ok][:, 0])
     return res.logits[ok].mean(1), labels[ok]
 
 
@@ -107,10 +111,10 @@ def build_ensemble(
     if tta is None:
         run = run_folder(runs[0])
         tta = str(run_config(run).get("calibration_tta", "multiscale")) if run else "multiscale"
-    oof_logits, oof_labels, member_acc = [], [], []
+    oof_logits, oof_labels, member_acc, oof_plain = [], [], [], []
     for (net, meta), source in zip(loaded, runs, strict=True):
         clf = Classifier(net, meta, device="cpu")
-        logits, labels = out_of_fold_logits(source, clf, tta, num_workers)
+        logits, labels = out_of_fold_logits(source, clf, tta, num_workers, oof_plain)
         oof_logits.append(logits)
         oof_labels.append(labels)
         member_acc.append(float((logits.argmax(1) == labels).mean()))
@@ -147,6 +151,17 @@ def build_ensemble(
             "calibration_tta": tta,
         },
     )
-    folder = save_bundle(EnsembleNet([net for net, _ in loaded]), meta, out)
+    # Open set: msp and energy thresholds on the out-of-fold plain-view logits (the same held-out
+    # answers the temperature is fitted on). No knn score: the ensemble's features of every
+    # training photo would cost a pass of every member over all of them.
+    keep = float(metas[0].open_set.get("keep", 0.95))
+    open_set = fit_open_set(np.concatenate(oof_plain), labels, keep=keep, temperature=temperature)
+    meta.open_set = open_set.meta_dict()
+    folder = save_bundle(
+        EnsembleNet([net for net, _ in loaded]),
+        meta,
+        out,
+        arrays={OPEN_SET_FILE: open_set.arrays()},
+    )
     _save_heldout(folder, logits, labels, tta)
     return folder, {**metrics, "member_val_acc": member_acc, "bundle": str(folder)}

@@ -28,6 +28,9 @@ class PredictConfig:
     sample_submission: str | None = None  # Kaggle sample submission: ids and order of the output
     evaluate: bool = False  # score on a labelled set and write an HTML report
     labels: str | None = None  # CSV of Id,Category with the truth for `input` (evaluate=true)
+    # photos of none of the model's classes (folder, zip, CSV): evaluate=true adds an open-set
+    # section to the report (ROC curve, AUROC, false accepts at the bundle's keep rate)
+    unknown: str | None = None
     report_dir: str | None = None  # default: <output stem>_report/ next to the output
     # TTA preset: `_target_` is a class in carclf.data.tta; its size/mean/std come from the model.
     tta: Any = field(default_factory=lambda: {"_target_": "carclf.data.tta.NoTTA"})
@@ -39,6 +42,11 @@ class PredictConfig:
     progress: bool = True  # tqdm progress bar
     ece_bins: int = 15
     gallery: int = 16  # most confident mistakes shown in the report
+    # Grad-CAM heat maps (carclf.inference.explain; need the model's PyTorch weights):
+    explain: bool = False  # an overlay PNG per photo in explain_dir, for its predicted class
+    explain_dir: str | None = None  # default: <output stem>_explain/ next to the output
+    explain_size: int = 448  # longest side of an overlay, in pixels
+    report_explain: bool = True  # the report shows maps of its mistakes and 4 correct answers
 
 
 def register_configs(conf_dir: str | Path | None = None) -> None:

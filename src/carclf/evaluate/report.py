@@ -66,9 +66,14 @@ def _kv_table(items: Mapping[str, object]) -> str:
 
 
 def render_html(
-    ev: Evaluation, figures: Mapping[str, bytes], context: Mapping[str, object], errors: Mapping
+    ev: Evaluation,
+    figures: Mapping[str, bytes],
+    context: Mapping[str, object],
+    errors: Mapping,
+    extra_sections: list[tuple[str, str, str]] = (),
 ) -> str:
-    """The report page. ``context`` is shown as a key/value table (model, data, TTA, speed)."""
+    """The report page. ``context`` is shown as a key/value table (model, data, TTA, speed);
+    ``extra_sections`` (id, title, html) follow the mistakes (e.g. the open-set section)."""
     t = ev.temperature
     cards = "".join(
         [
@@ -119,6 +124,7 @@ over-confident, inside it: under-confident); green: how many images fall in each
             _img(figures["mistakes"], "most confident mistakes"),
         ),
     ]
+    sections += list(extra_sections)
     if errors:
         sections.append(
             (
@@ -143,12 +149,18 @@ def write_report(
     folder: str | Path,
     context: Mapping[str, object] | None = None,
     errors: Mapping | None = None,
+    open_set=None,
+    sections: list[tuple[str, str, str]] = (),
 ) -> Path:
     """Write report.html, confusion.png, reliability.png, mistakes.png and metrics.json.
 
     Args:
         context: extra facts shown at the top (model, data, TTA policy, images/s).
         errors: image id -> reason, for the unreadable images.
+        open_set: an :class:`~carclf.evaluate.open_set_report.OpenSetEvaluation` (known vs
+            unknown photos): adds its section, ``roc.png`` and ``metrics.json``'s ``open_set``.
+        sections: more (anchor, heading, HTML) sections, e.g. the Grad-CAM heat maps
+            (:func:`carclf.evaluate.heatmaps.section`).
 
     Returns:
         the path of report.html.
@@ -163,11 +175,20 @@ def write_report(
         ),
         "mistakes": gallery_png(ev.mistakes),
     }
+    extra = []
+    if open_set is not None:
+        from carclf.evaluate.open_set_report import roc_png, section
+
+        figures["roc"] = roc_png(open_set)
+        extra.append(section(open_set, figures["roc"]))
+    extra += list(sections)
     for name, png in figures.items():
         (folder / f"{name}.png").write_bytes(png)
     context = dict(context or {})
     metrics = {**ev.to_dict(), "context": {k: str(v) for k, v in context.items()}}
+    if open_set is not None:
+        metrics["open_set"] = open_set.to_dict()
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
     page = folder / "report.html"
-    page.write_text(render_html(ev, figures, context, errors or {}), encoding="utf-8")
+    page.write_text(render_html(ev, figures, context, errors or {}, extra), encoding="utf-8")
     return page

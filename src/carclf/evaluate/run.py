@@ -24,7 +24,9 @@ from carclf.cli import exit_code
 from carclf.data.inputs import InputSet, LabelMatcher, collect_inputs
 from carclf.data.tta import TTAPreset, merge_views
 from carclf.errors import ConfigError
+from carclf.evaluate import heatmaps
 from carclf.evaluate.evaluation import score
+from carclf.evaluate.open_set_report import OpenSetEvaluation, evaluate_open_set
 from carclf.evaluate.report import write_report
 from carclf.evaluate.submission import (
     fallback_label,
@@ -53,6 +55,8 @@ class PredictResult:
     submission: Path
     topk: Path
     filled: list[str] = field(default_factory=list)
+    open_set_scores: np.ndarray | None = None  # (N,) NaN for unreadable; None: no open-set data
+    explainer: object | None = None  # the Grad-CAM explainer, once explain=true made one
 
 
 def build_tta(spec, classifier: Classifier) -> TTAPreset:
@@ -110,6 +114,8 @@ def predict(cfg: DictConfig) -> PredictResult:
     match = LabelMatcher(m.label_values, m.class_names, m.class_names_local)
     if cfg.labels and not cfg.evaluate:
         log.info("labels=%s is only used with evaluate=true; predicting only", cfg.labels)
+    if cfg.get("unknown") and not cfg.evaluate:
+        log.info("unknown=%s is only used with evaluate=true; predicting only", cfg.unknown)
     items = collect_inputs(
         cfg.input,
         labelled=cfg.evaluate,
@@ -117,10 +123,19 @@ def predict(cfg: DictConfig) -> PredictResult:
         match=match,
     )
     log.info(
-        "%d image(s) from %s; model %s; TTA %s", len(items), cfg.input, cfg.model, tta.describe()
+        "%d image(s) from %s; model %s (%s backend); TTA %s",
+        len(items),
+        cfg.input,
+        cfg.model,
+        getattr(clf.backend, "name", "?"),
+        tta.describe(),
     )
-    views = infer_paths(clf, items.paths, tta, cfg.batch_size, cfg.num_workers, cfg.progress)
+    every_score = bool(cfg.evaluate and cfg.get("unknown") and clf.has_features)
+    views = infer_paths(
+        clf, items.paths, tta, cfg.batch_size, cfg.num_workers, cfg.progress, every_score or None
+    )
     probs = merge_views(torch.from_numpy(views.logits), clf.temperature, tta.merge).numpy()
+    open_scores = _open_set_scores(clf, views)
     _log_errors(items, views.errors)
     ok = views.ok
     top = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
@@ -146,6 +161,7 @@ def predict(cfg: DictConfig) -> PredictResult:
         clf.display_names(),
         cfg.top_k,
         items.labels,
+        None if open_scores is None else (clf.open_set.unknown(open_scores), open_scores),
     )
     topk = write_csv(table, topk_path(cfg.output))
     log.info(
@@ -157,7 +173,58 @@ def predict(cfg: DictConfig) -> PredictResult:
         cfg.top_k,
         topk,
     )
-    return PredictResult(clf, tta, items, views, probs, submission, topk, filled)
+    res = PredictResult(clf, tta, items, views, probs, submission, topk, filled, open_scores)
+    if cfg.get("explain"):
+        res.explainer = heatmaps.for_predictions(cfg, res)
+    return res
+
+
+def _open_set_scores(clf: Classifier, views: ViewLogits) -> np.ndarray | None:
+    """The open-set score of each readable photo (NaN for the others); None without open set."""
+    if clf.open_set is None:
+        return None
+    ok = views.ok
+    out = np.full(len(ok), np.nan)
+    if ok.any():
+        feats = None if views.features is None else views.features[ok]
+        out[ok] = clf.open_set_scores(views.logits[ok, 0], feats)
+    unknown = int(np.sum(clf.open_set.unknown(out[ok])))
+    log.info(
+        "open set (%s score, keep %.0f%%): %d of %d photo(s) unknown",
+        clf.open_set.score,
+        100 * clf.open_set.keep,
+        unknown,
+        int(ok.sum()),
+    )
+    return out
+
+
+def open_set_evaluation(cfg: DictConfig, res: PredictResult) -> OpenSetEvaluation:
+    """Predict the ``unknown=`` photos and measure every open-set score, known vs unknown."""
+    clf, views, labels = res.classifier, res.views, res.items.labels
+    if clf.open_set is None:
+        raise ConfigError(
+            f"unknown={cfg.unknown}: {cfg.model} has no open-set data (a bundle from before "
+            "carclf fitted it, a checkpoint, or an int8 model that failed its check); retrain it"
+        )
+    unknown = collect_inputs(cfg.unknown)
+    log.info("open set: %d unknown photo(s) from %s", len(unknown), cfg.unknown)
+    plain = clf.tta_preset("none")  # the scores use the plain view only
+    uv = infer_paths(clf, unknown.paths, plain, cfg.batch_size, cfg.num_workers, cfg.progress,
+                     clf.has_features)  # fmt: skip
+    _log_errors(unknown, uv.errors)
+    known = views.ok & (labels >= 0)
+    if not known.any() or not uv.ok.any():
+        raise ConfigError(f"unknown={cfg.unknown}: no readable known and unknown photos to compare")
+
+    def scores(v: ViewLogits, rows: np.ndarray) -> dict:
+        feats = None if v.features is None else v.features[rows]
+        return clf.open_set.scores(v.logits[rows, 0], feats)
+
+    correct = res.probs[known].argmax(1) == labels[known]
+    return evaluate_open_set(
+        clf.open_set, scores(views, known), scores(uv, uv.ok), correct, str(cfg.unknown)
+    )
 
 
 def report_folder(cfg: DictConfig) -> Path:
@@ -198,7 +265,10 @@ def evaluate(cfg: DictConfig) -> dict:
         "outputs": f"{res.submission}, {res.topk}",
     }
     errors = {items.ids[i]: r for i, r in views.errors.items()}
-    page = write_report(ev, report_folder(cfg), context, errors)
+    oe = open_set_evaluation(cfg, res) if cfg.get("unknown") else None
+    maps = heatmaps.for_report(cfg, res, [m.path for m in ev.mistakes], res.explainer)
+    sections = [maps] if maps else []
+    page = write_report(ev, report_folder(cfg), context, errors, open_set=oe, sections=sections)
     log.info(
         "accuracy %.4f, top-3 %.4f, macro F1 %.4f on %d image(s); ECE %.4f at T=1, %.4f at T=%.3f; "
         "report: %s",
@@ -211,7 +281,19 @@ def evaluate(cfg: DictConfig) -> dict:
         ev.temperature,
         page,
     )
-    return {**ev.to_dict(), "report": str(page), "images_per_second": views.images_per_second}
+    out = {**ev.to_dict(), "report": str(page), "images_per_second": views.images_per_second}
+    if oe is not None:
+        out["open_set"] = oe.to_dict()
+        d = oe.default
+        log.info(
+            "open set (%s): AUROC %.4f, known kept %.1f%%, unknown accepted %.1f%% at keep %.0f%%",
+            oe.score,
+            d.auroc,
+            100 * d.known_kept,
+            100 * d.fpr,
+            100 * oe.keep,
+        )
+    return out
 
 
 def _check_required(cfg: DictConfig) -> None:

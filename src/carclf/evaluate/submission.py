@@ -85,9 +85,12 @@ def topk_frame(
     names: Sequence[str],
     top_k: int = 3,
     labels: np.ndarray | None = None,
+    open_set: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """One row per image: ``Id, path, label_1, name_1, prob_1, ..., error`` (+ truth if known).
 
+    ``open_set``: (unknown flags, open-set scores) per image, written as the ``unknown`` and
+    ``open_set_score`` columns (a model without open-set data has neither).
     Rows of unreadable images have empty class columns and the reason in ``error``.
     """
     k = min(top_k, probs.shape[1])
@@ -105,10 +108,18 @@ def topk_frame(
         frame["true_label"] = pd.Series(truth, dtype=object)
         frame["true_name"] = [names[c] if c >= 0 else None for c in labels]
         frame["correct"] = pd.Series(np.where(known, order[:, 0] == labels, None), dtype=object)
+    if open_set is not None:
+        flags, scores = open_set
+        frame["unknown"] = pd.Series(np.asarray(flags, dtype=bool), dtype=object)
+        frame["open_set_score"] = np.round(np.asarray(scores, dtype=np.float64), 6)
     bad = list(errors)
     frame["error"] = ""
     if bad:
-        class_cols = [c for c in frame.columns if c.split("_")[0] in ("label", "name", "prob")]
+        class_cols = [
+            c
+            for c in frame.columns
+            if c.split("_")[0] in ("label", "name", "prob") or c in ("unknown", "open_set_score")
+        ]
         frame[class_cols] = frame[class_cols].astype(object)
         frame.loc[bad, class_cols] = None
         frame.loc[bad, "error"] = [errors[i] for i in bad]

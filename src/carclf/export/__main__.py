@@ -1,25 +1,37 @@
-"""``python -m carclf.export MODEL [--int8] [--images DIR ...]``: see :mod:`carclf.export.pipeline`."""
+"""``carclf export MODEL [--int8] [--images DIR ...]``: see :mod:`carclf.export.pipeline`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from carclf.cli import main_exit
+from carclf.cli import EXIT_INTERNAL, EXIT_USAGE, main_exit
 from carclf.errors import CarclfError
 from carclf.export.onnx import OPSET
 from carclf.export.quantize import METHODS
 
-# The exporter's exit status for a model it cannot export or an int8 model it refused: 1, as it
-# always was (tests check it), not the 2 of carclf's other commands.
-NOT_EXPORTED = 1
+# A model that cannot be exported (missing, broken, bad flags): 2, bad input, as in every carclf
+# command (it was 1 before the codes were made the same everywhere). An int8 model refused by
+# --max-drop is a result that failed its check: 1.
+NOT_EXPORTED = EXIT_USAGE
+INT8_REFUSED = EXIT_INTERNAL
+
+EXAMPLES = """\
+examples:
+  carclf export outputs/runs/<run> --images ~/photos/cars        # model.onnx, checked
+  carclf export outputs/runs/<run> --int8 --images ~/photos/cars --max-drop 0.5
+
+exit codes: 0 exported, 2 bad input (the model or a flag), 1 int8 refused by --max-drop"""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m carclf.export",
-        description="Export a carclf model to ONNX (model.onnx, and model.int8.onnx with --int8) "
-        "inside its bundle folder, and check it against PyTorch.",
+        prog="carclf export",
+        description="Export a carclf model to ONNX (model.onnx, one model.<size>px.onnx per "
+        "other input size of the default TTA policy, and model.int8.onnx with --int8) inside "
+        "its bundle folder, and check each against PyTorch.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", help="bundle folder, training run folder, or .ckpt checkpoint")
     p.add_argument("--int8", action="store_true", help="also write an int8 model.int8.onnx")
@@ -59,8 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """0 when exported; 1 (one line on stderr) when the model cannot be exported or its int8
-    version was refused."""
+    """0 when exported; 2 (one line on stderr) when the model cannot be exported; 1 when its
+    int8 version was refused."""
     args = get_args_parser().parse_args(argv)
     from carclf.export.pipeline import export_model
 
@@ -86,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: int8 model refused ({report.int8_check.measure} "
               f"{report.int8_check.loss:.2f} points > --max-drop {args.max_drop:g})",
               file=sys.stderr)  # fmt: skip
-        return NOT_EXPORTED
+        return INT8_REFUSED
     return 0
 
 

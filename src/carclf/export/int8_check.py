@@ -43,6 +43,10 @@ class Int8Check:
     max_drop: float
     kept: bool
     skipped: int = 0
+    # the bundle's open-set threshold on int8 (None: the bundle has none): the share of photos,
+    # in points, whose unknown flag differs from fp32's; kept when it is within max_drop too
+    open_set_changes: float | None = None
+    open_set_kept: bool | None = None
 
     @property
     def measure(self) -> str:
@@ -59,6 +63,12 @@ class Int8Check:
             else f"REFUSED: {self.measure} {self.loss:.2f} points is {self.loss - self.max_drop:.2f} "
             f"over the limit of {self.max_drop:g}; {INT8_FILE} was removed"
         )
+        if self.open_set_changes is not None:
+            verdict += (
+                f"\n  open-set threshold {'kept' if self.open_set_kept else 'NOT kept'} for int8: "
+                f"unknown flag changed on {self.open_set_changes:.2f} points of the photos "
+                f"(limit {self.max_drop:g})"
+            )
         return f"{head}\n  {verdict}"
 
 
@@ -123,7 +133,7 @@ def check_int8(
     batch_size: int = 32,
 ) -> Int8Check:
     """Measure, then keep or delete ``int8_path``; the verdict is written beside it."""
-    from carclf.export.onnx import onnx_logits
+    from carclf.export.onnx import onnx_outputs
     from carclf.export.samples import photo_batch
 
     if max_drop < 0:
@@ -133,8 +143,10 @@ def check_int8(
     ok = [i for i, p in enumerate(holdout.paths) if str(Path(p)) not in unreadable]
     if len(ok) != len(batch):  # cannot tell which photos were skipped: do not guess labels
         holdout = Holdout(holdout.paths, None, holdout.source)
-    fp32 = onnx_logits(fp32_path, batch, batch_size).argmax(1)
-    int8 = onnx_logits(int8_path, batch, batch_size).argmax(1)
+    fp32_out = onnx_outputs(fp32_path, batch, batch_size)
+    int8_out = onnx_outputs(int8_path, batch, batch_size)
+    fp32, int8 = fp32_out[0].argmax(1), int8_out[0].argmax(1)
+    changes = open_set_changes(fp32_path.parent, meta, fp32_out, int8_out)
     agreement = float((fp32 == int8).mean())
     acc32 = acc8 = None
     if holdout.labels is not None:
@@ -154,11 +166,27 @@ def check_int8(
         max_drop=max_drop,
         kept=loss <= max_drop + 1e-9,
         skipped=len(skipped),
+        open_set_changes=None if changes is None else round(changes, 4),
+        open_set_kept=None if changes is None else bool(changes <= max_drop + 1e-9),
     )
     if not check.kept:
         int8_path.unlink(missing_ok=True)
     write_check(int8_path.parent, check)
     return check
+
+
+def open_set_changes(bundle: Path, meta, fp32_out, int8_out) -> float | None:
+    """Points of photos whose unknown flag differs between the fp32 and int8 outputs
+    (``(logits, features)`` each) at the bundle's open-set threshold; None without open set."""
+    from carclf.inference.open_set import load_open_set
+
+    open_set = load_open_set(bundle, meta)
+    if open_set is None:
+        return None
+    if open_set.needs_features and (fp32_out[1] is None or int8_out[1] is None):
+        open_set = open_set.without_features()
+    flags = [open_set.unknown(open_set.score_of(lg, ft)) for lg, ft in (fp32_out, int8_out)]
+    return float(100 * (flags[0] != flags[1]).mean()) if len(flags[0]) else 0.0
 
 
 def write_check(bundle: Path, check: Int8Check | None) -> None:

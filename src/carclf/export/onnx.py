@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from carclf.errors import ModelError
-from carclf.inference.onnx_backend import OnnxBackend
+from carclf.inference.onnx_backend import FEATURES_OUTPUT, OnnxBackend
+from carclf.inference.torch_backend import feature_net
 from carclf.io import atomic_path
 from carclf.models.bundle import BundleMeta
 from carclf.models.network import CarNet
@@ -35,6 +36,9 @@ from carclf.models.padding import static_padding_net
 OPSET = 17
 INPUT = "input"
 OUTPUT = "logits"
+# Second output: the penultimate features, which the open-set knn score needs
+# (carclf.inference.open_set); costs nothing, the network computes them anyway.
+FEATURES = FEATURES_OUTPUT
 # Where exported logits may differ from PyTorch's: fp32 kernels differ in summation order only.
 FP32_TOLERANCE = 1e-3
 
@@ -91,7 +95,7 @@ def export_onnx(net: CarNet, meta: BundleMeta, path: str | os.PathLike, opset: i
     if opset < 17:
         raise ModelError(f"opset {opset}: carclf exports need opset 17 or newer")
     path = Path(path)
-    net = static_padding_net(net.eval().float().cpu(), meta)
+    net = feature_net(static_padding_net(net.eval().float().cpu(), meta))
     dummy = torch.zeros(1, 3, meta.image_size, meta.image_size)
     try:
         with atomic_path(path) as tmp:
@@ -104,8 +108,8 @@ def export_onnx(net: CarNet, meta: BundleMeta, path: str | os.PathLike, opset: i
                     dynamo=False,
                     opset_version=opset,
                     input_names=[INPUT],
-                    output_names=[OUTPUT],
-                    dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                    output_names=[OUTPUT, FEATURES],
+                    dynamic_axes={name: {0: "batch"} for name in (INPUT, OUTPUT, FEATURES)},
                     do_constant_folding=True,
                 )
             model = onnx.load(str(tmp))
@@ -163,6 +167,17 @@ def onnx_logits(onnx_path: str | os.PathLike, batch: torch.Tensor, batch_size: i
     return np.concatenate(
         [backend(batch[i : i + batch_size]).numpy() for i in range(0, len(batch), batch_size)]
     )
+
+
+def onnx_outputs(onnx_path: str | os.PathLike, batch: torch.Tensor, batch_size: int = 32):
+    """``(logits, features or None)`` of an ONNX file (None: exported without features)."""
+    backend = OnnxBackend(onnx_path)
+    if not backend.has_features:
+        return onnx_logits(onnx_path, batch, batch_size), None
+    starts = range(0, len(batch), batch_size)
+    parts = [backend.with_features(batch[i : i + batch_size]) for i in starts]
+    logits, feats = zip(*parts, strict=True)
+    return np.concatenate([t.numpy() for t in logits]), np.concatenate([t.numpy() for t in feats])
 
 
 def validate_onnx(

@@ -28,6 +28,7 @@ from carclf.export.onnx import (
 )
 from carclf.export.quantize import quantize_int8
 from carclf.export.samples import list_images, photo_batch, synthetic_batch
+from carclf.export.tta_sizes import export_tta_sizes
 from carclf.inference.loading import find_model, load_checkpoint_net
 from carclf.inference.onnx_backend import INT8_FILE, ONNX_FILE
 from carclf.models.bundle import BundleMeta, is_bundle, load_bundle, save_bundle
@@ -54,6 +55,7 @@ class ExportReport:
         lines = [f"bundle: {self.bundle}" + (" (new bundle written)" * self.wrote_bundle)]
         for name, size in self.files.items():
             what = f"opset {OPSET}, dynamic batch" if name == ONNX_FILE else f"{self.int8_method}"
+            what = "the same, for TTA views of this size" if name.endswith("px.onnx") else what
             lines.append(f"  {name:<16} {size / 2**20:6.1f} MB  {what}")
         lines.append(f"parity vs PyTorch on {self.samples}:")
         for p in self.parity:
@@ -179,6 +181,7 @@ def export_model(
             f"{parity.max_abs_diff:.2e}, limit {limit:.1e}; top-1 agreement "
             f"{parity.top1_agreement:.1%}); the file was removed\n{report.format()}"
         )
+    export_tta_sizes(report, net, meta, batch, opset)  # model.<size>px.onnx: multiscale on ORT
 
     if int8:
         q = quantize_int8(fp32, folder / INT8_FILE, int8_method, batch)

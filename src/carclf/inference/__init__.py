@@ -16,17 +16,32 @@ Modules:
     files          ``infer_paths``, ``loader_logits``, ``ViewLogits``: per-view logits for files
 """
 
-from carclf.inference.classifier import Classifier, ClassScore, Prediction
-from carclf.inference.loading import find_model, load_checkpoint_net, load_classifier
-from carclf.inference.onnx_backend import (
-    INT8_FILE,
-    ONNX_FILE,
-    OnnxBackend,
-    available_cpus,
-    default_threads,
-    session_options,
-)
-from carclf.inference.torch_backend import TorchBackend
+import importlib
+
+# name -> module: imported on first use, so ``import carclf.inference.onnx_backend`` (the service's
+# limits, ``carclf serve --help``) does not import torch through this package's __init__.
+_WHERE = {
+    "Classifier": "classifier",
+    "ClassScore": "classifier",
+    "Prediction": "classifier",
+    "find_model": "loading",
+    "load_checkpoint_net": "loading",
+    "load_classifier": "loading",
+    "INT8_FILE": "onnx_backend",
+    "ONNX_FILE": "onnx_backend",
+    "OnnxBackend": "onnx_backend",
+    "available_cpus": "onnx_backend",
+    "default_threads": "onnx_backend",
+    "session_options": "onnx_backend",
+    "TorchBackend": "torch_backend",
+}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"carclf.inference.{_WHERE[name]}"), name)
+    raise AttributeError(name)
+
 
 __all__ = [
     "INT8_FILE",

@@ -11,6 +11,7 @@ merges the answers; the backend only ever sees plain (N, 3, H, W) batches, one p
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,13 +24,15 @@ from carclf.data.images import MAX_PIXELS, load_rgb
 from carclf.data.presets import EvalPreset
 from carclf.data.tta import TTAPreset, merge_views, tta_preset
 from carclf.errors import ImageDecodeError, ModelError
-from carclf.inference.loading import find_model, int8_model, load_checkpoint_net
+from carclf.inference.loading import find_model, int8_model, int8_open_set, load_checkpoint_net
 from carclf.inference.onnx_backend import ONNX_FILE, OnnxBackend
+from carclf.inference.open_set import OpenSet, load_open_set
 from carclf.inference.torch_backend import TorchBackend
 from carclf.models.bundle import BundleMeta, load_bundle, read_meta
 from carclf.models.network import CarNet
 
 BACKENDS = ("auto", "onnx", "int8", "torch")
+log = logging.getLogger(__name__)
 
 
 def _doc(text: str, **kwargs):
@@ -52,18 +55,28 @@ class ClassScore:
 
 @dataclass
 class Prediction:
-    """The answer for one image: its top classes, or why it could not be read."""
+    """The answer for one image: its top classes, or why it could not be read.
+
+    ``unknown`` is True when the photo looks like none of the model's classes (its
+    ``open_set_score`` is under the bundle's threshold; see :mod:`carclf.inference.open_set`);
+    None for a model without open-set data.
+    """
 
     source: str
     top: list[ClassScore] = field(default_factory=list)
     error: str | None = None
+    unknown: bool | None = None
+    open_set_score: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.unknown is None:  # a model without open-set data answers as it always did
+            d.pop("unknown"), d.pop("open_set_score")
+        return d
 
 
 class Classifier:
@@ -82,6 +95,7 @@ class Classifier:
         temperature: float | None = None,
         backend=None,
         tta: str | TTAPreset | None = None,
+        open_set: OpenSet | None = None,
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = net
@@ -92,6 +106,16 @@ class Classifier:
         )
         self.backend = backend if backend is not None else TorchBackend(net, self.device)
         self.tta = self.tta_preset(tta)
+        self.open_set = open_set
+        if open_set is not None and open_set.needs_features and not self.has_features:
+            log.info(
+                "%s backend gives no penultimate features (an export from before open-set "
+                "support? re-export it): unknown photos are scored by %s instead of %s",
+                getattr(self.backend, "name", "this"),
+                open_set.without_features().score,
+                open_set.score,
+            )
+            self.open_set = open_set.without_features()
 
     @classmethod
     def load(
@@ -118,18 +142,26 @@ class Classifier:
         target = find_model(path)
         if backend == "int8":
             onnx = OnnxBackend(int8_model(target), threads)
-            return cls(None, read_meta(target), "cpu", temperature, backend=onnx, tta=tta)
+            meta = read_meta(target)
+            kw = {"backend": onnx, "tta": tta, "open_set": int8_open_set(target, meta)}
+            return cls(None, meta, "cpu", temperature, **kw)
         if target.is_dir() and backend in ("auto", "onnx"):
             onnx_path = target / ONNX_FILE
             on_cpu = (device or "cpu") == "cpu" or not torch.cuda.is_available()
             if onnx_path.is_file() and (backend == "onnx" or on_cpu):
                 meta = read_meta(target)
                 onnx = OnnxBackend(onnx_path, threads)
-                return cls(None, meta, "cpu", temperature, backend=onnx, tta=tta)
+                open_set = load_open_set(target, meta)
+                return cls(None, meta, "cpu", temperature, backend=onnx, tta=tta, open_set=open_set)
             if backend == "onnx":
                 raise ModelError(f"{target}: no model.onnx; run: python -m carclf.export {target}")
-        net, meta = load_checkpoint_net(target) if target.is_file() else load_bundle(target)
-        return cls(net, meta, device=device, temperature=temperature, tta=tta)
+        if target.is_file():
+            net, meta = load_checkpoint_net(target)
+            log.info("%s: a checkpoint has no open-set data: no unknown flag", target)
+            return cls(net, meta, device=device, temperature=temperature, tta=tta)
+        net, meta = load_bundle(target)
+        open_set = load_open_set(target, meta)
+        return cls(net, meta, device=device, temperature=temperature, tta=tta, open_set=open_set)
 
     # -- facts ------------------------------------------------------------------------------
     @property
@@ -168,16 +200,19 @@ class Classifier:
     def check_tta(self, preset: TTAPreset) -> TTAPreset:
         """``preset`` if the backend can run all its views, else a ModelError saying why.
 
-        An exported ONNX model takes one input size only, so views at other scales (multiscale)
-        need the PyTorch backend; failing here beats failing after the first batch.
+        An exported ONNX model takes the input sizes it was exported for (its own, and those of
+        the default TTA policy: ``carclf.export`` writes one file per size), so views at other
+        scales need a new export or the PyTorch backend; failing here beats failing after the
+        first batch.
         """
-        fixed = getattr(self.backend, "input_size", None)
+        runs = getattr(self.backend, "input_sizes", None)
         sizes = sorted({t.size for t in preset.transforms})
-        if fixed and any((s, s) != tuple(fixed) for s in sizes):
+        if runs and any((s, s) not in runs for s in sizes):
+            shown = ", ".join(f"{h}x{w}" for h, w in runs)
             raise ModelError(
                 f"TTA {preset.name!r} needs {sizes} px views, but the {self.backend.name} model "
-                f"takes {fixed[0]}x{fixed[1]} px only; use a policy at the model's size (none, "
-                "hflip, multicrop) or the torch backend"
+                f"takes {shown} px only; re-export it (carclf export), use a policy at those "
+                "sizes (none, hflip, multicrop) or the torch backend"
             )
         return preset
 
@@ -191,6 +226,46 @@ class Classifier:
     def view_logits(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
         """(N, V, K) logits for V batches of views of the same N images (one backend call each)."""
         return torch.stack([self.logits(v) for v in views], dim=1)
+
+    # -- open set ------------------------------------------------------------------------------
+    @property
+    def has_features(self) -> bool:
+        """Whether the backend gives penultimate features with the logits."""
+        return hasattr(self.backend, "with_features") and getattr(
+            self.backend, "has_features", True
+        )
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether predictions need the features (the open-set score is feature-based)."""
+        return self.open_set is not None and self.open_set.needs_features
+
+    def view_outputs(
+        self, views: Sequence[torch.Tensor], features: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, V, K) logits and, with ``features`` (default: when the open-set score needs
+        them), the (N, D) penultimate features of the first (plain) view, in the same calls."""
+        features = self.needs_features if features is None else features
+        if not features or not self.has_features:
+            return self.view_logits(views), None
+        first, feats = self.backend.with_features(views[0])
+        rest = [self.logits(v) for v in views[1:]]
+        return torch.stack([first, *rest], dim=1), feats
+
+    def open_set_scores(self, plain_logits, features=None) -> np.ndarray | None:
+        """The open-set score per row of plain-view logits (None without open-set data)."""
+        if self.open_set is None:
+            return None
+        logits = np.asarray(plain_logits, dtype=np.float64)
+        feats = None if features is None else np.asarray(features, dtype=np.float32)
+        return self.open_set.score_of(logits, feats)
+
+    def answer(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(probabilities (N, K), open-set scores (N,) or None)`` for one preprocessed batch,
+        from one backend call: what the service and the batch job ask per micro-batch."""
+        logits, feats = self.view_outputs([batch])
+        plain = logits[:, 0]
+        return self.probabilities(plain).numpy(), self.open_set_scores(plain, feats)
 
     def probabilities(self, logits: torch.Tensor, merge: str | None = None) -> torch.Tensor:
         """Temperature-scaled probabilities (N, K) from logits (N, K) or per-view logits (N, V, K).
@@ -232,13 +307,18 @@ class Classifier:
         ):
             images = [images]
         images = list(images)
-        probs, errors = self._probabilities(images, batch_size, tta)
-        return [
-            Prediction(_source(image), error=errors[i])
-            if i in errors
-            else Prediction(_source(image), self.scores(probs[i], top_k))
-            for i, image in enumerate(images)
-        ]
+        probs, errors, open_scores = self._probabilities(images, batch_size, tta)
+        out = []
+        for i, image in enumerate(images):
+            if i in errors:
+                out.append(Prediction(_source(image), error=errors[i]))
+                continue
+            p = Prediction(_source(image), self.scores(probs[i], top_k))
+            if open_scores is not None:
+                p.open_set_score = float(open_scores[i])
+                p.unknown = bool(self.open_set.unknown(open_scores[i]))
+            out.append(p)
+        return out
 
     def predict_proba(
         self, images: Sequence, batch_size: int = 32, tta: str | TTAPreset | None = None
@@ -248,9 +328,10 @@ class Classifier:
 
     def _probabilities(
         self, images: list, batch_size: int, tta: str | TTAPreset | None = None
-    ) -> tuple[np.ndarray, dict[int, str]]:
+    ) -> tuple[np.ndarray, dict[int, str], np.ndarray | None]:
         preset = self.tta if tta is None else self.tta_preset(tta)
         out = np.full((len(images), self.num_classes), np.nan, dtype=np.float32)
+        open_scores = None if self.open_set is None else np.full(len(images), np.nan)
         errors: dict[int, str] = {}
         for start in range(0, len(images), batch_size):
             views, slots = [], []
@@ -262,9 +343,11 @@ class Classifier:
                     errors[j] = e.reason
             if views:
                 batches = [torch.stack(v) for v in zip(*views, strict=True)]
-                logits = self.view_logits(batches)
+                logits, feats = self.view_outputs(batches)
                 out[slots] = merge_views(logits, self.temperature, preset.merge).numpy()
-        return out, errors
+                if open_scores is not None:
+                    open_scores[slots] = self.open_set_scores(logits[:, 0], feats)
+        return out, errors, open_scores
 
 
 def _source(image) -> str:

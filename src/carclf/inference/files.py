@@ -34,11 +34,14 @@ class ViewLogits:
         logits: (N, V, K) float32.
         errors: row index -> why that image could not be read.
         seconds: wall time of the loop (decode + preprocess + model), for images/s.
+        features: (N, D) penultimate features of the plain view, when the open-set score
+            needs them (else None).
     """
 
     logits: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
     seconds: float = 0.0
+    features: np.ndarray | None = None
 
     @property
     def ok(self) -> np.ndarray:
@@ -65,19 +68,46 @@ def loader_logits(
     Works with any loader over a :class:`CarDataset` whose transform is a TTA preset (or a plain
     eval preset), e.g. ``CarDataModule.tta_dataloader``; the order of batches does not matter.
     """
+    out, seen, _ = loader_outputs(classifier, loader, num_items, num_views, progress, False)
+    return out, seen
+
+
+def loader_outputs(
+    classifier,
+    loader,
+    num_items: int,
+    num_views: int,
+    progress: bool = False,
+    features: bool | None = None,
+    desc: str = "predict",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """As :func:`loader_logits`, plus the (N, D) plain-view features when ``features`` (default:
+    when the classifier's open-set score needs them), from the same model calls."""
+    if features is None:
+        features = getattr(classifier, "needs_features", False)
     out = np.full((num_items, num_views, classifier.num_classes), np.nan, dtype=np.float32)
+    feats = None
     seen = np.zeros(num_items, dtype=bool)
-    bar = tqdm(total=num_items, unit="img", desc="predict", disable=not progress, leave=False)
+    # progress: a bar on a terminal only (in a log a bar is a stream of carriage returns)
+    bar = tqdm(total=num_items, unit="img", desc=desc, disable=None if progress else True, leave=False)
     for batch in loader:
         if batch is None:  # every image of this batch was unreadable
             continue
         views, _, index = batch
         index = index.numpy()
-        out[index] = classifier.view_logits(_views(views)).numpy()
+        if features:
+            logits, f = classifier.view_outputs(_views(views), True)
+        else:  # the plain contract: anything with view_logits and num_classes
+            logits, f = classifier.view_logits(_views(views)), None
+        out[index] = logits.numpy()
+        if f is not None:
+            if feats is None:
+                feats = np.full((num_items, f.shape[1]), np.nan, dtype=np.float32)
+            feats[index] = f.numpy()
         seen[index] = True
         bar.update(len(index))
     bar.close()
-    return out, seen
+    return out, seen, feats
 
 
 def _reason(path: str) -> str:
@@ -95,8 +125,10 @@ def infer_paths(
     batch_size: int = 32,
     num_workers: int = 2,
     progress: bool = False,
+    features: bool | None = None,
 ) -> ViewLogits:
-    """Per-view logits for image files, decoded in ``num_workers`` loader processes."""
+    """Per-view logits for image files, decoded in ``num_workers`` loader processes (and the
+    plain view's features with ``features``; default: when the open-set score needs them)."""
     preset = classifier.tta if tta is None else classifier.tta_preset(tta)
     dataset = CarDataset(list(map(str, paths)), None, preset)
     loader = DataLoader(
@@ -107,7 +139,9 @@ def infer_paths(
         collate_fn=skip_none_collate,
     )
     start = time.perf_counter()
-    logits, seen = loader_logits(classifier, loader, len(dataset), len(preset), progress)
+    logits, seen, feats = loader_outputs(
+        classifier, loader, len(dataset), len(preset), progress, features
+    )
     seconds = time.perf_counter() - start
     errors = {int(i): _reason(dataset.paths[i]) for i in np.flatnonzero(~seen)}
-    return ViewLogits(logits, errors, seconds)
+    return ViewLogits(logits, errors, seconds, feats)

@@ -108,6 +108,30 @@ def int8_model(target: Path) -> Path:
     return path
 
 
+def int8_open_set(target: Path, meta: BundleMeta):
+    """The bundle's open set for its int8 model: kept only where the int8 check passed for it
+    too (``int8_check.json``: ``open_set_kept``); else None, with one log line saying why."""
+    from carclf.inference.open_set import load_open_set
+
+    open_set = load_open_set(target, meta)
+    if open_set is None:
+        return None
+    try:
+        check = json.loads((target / INT8_CHECK_FILE).read_text())
+    except (OSError, ValueError):
+        check = {}
+    if check.get("open_set_kept") is True:
+        return open_set
+    why = (
+        f"its flags changed on {check['open_set_changes']:.2f}% of the held-out photos, limit "
+        f"{check.get('max_drop', 0):g}"
+        if check.get("open_set_changes") is not None
+        else "not checked: export with --int8 --max-drop POINTS"
+    )
+    log.info("%s: the int8 model keeps no open-set threshold (%s): no unknown flag", target, why)
+    return None
+
+
 def load_classifier(
     model: str | os.PathLike,
     backend: str = "auto",

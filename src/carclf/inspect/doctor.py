@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from carclf import html as H
-from carclf import io
+from carclf import io, phases
 from carclf.cli import exit_code, main_exit
 from carclf.data.layouts import DatasetIndex
 from carclf.data.thumbs import Thumbnails
@@ -113,7 +113,8 @@ def out_of_fold_probs(
 
     probs = np.zeros((len(labels), num_classes), dtype=np.float64)
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for fit_idx, held_idx in split.split(features, labels):
+    desc = f"label doctor: {folds} folds of a logistic regression"
+    for fit_idx, held_idx in phases.track(split.split(features, labels), desc, folds, "fold"):
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
         clf.fit(features[fit_idx], labels[fit_idx])
         probs[np.ix_(held_idx, clf.classes_)] = clf.predict_proba(features[held_idx])
@@ -279,9 +280,7 @@ def gallery_html(result: DoctorResult, index: DatasetIndex, thumbs=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = dataset_parser(
-        "python -m carclf.inspect.doctor", __doc__.splitlines()[0], "outputs/label-doctor"
-    )
+    parser = dataset_parser("carclf doctor", __doc__.splitlines()[0], "outputs/label-doctor")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument(
         "--max-score",
@@ -298,6 +297,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _doctor(args) -> int:
     out = Path(args.out)
+    created = not out.exists()
+    try:
+        return _diagnose_into(args, out)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a refused run leaves no empty --out behind
+        raise
+
+
+def _diagnose_into(args, out: Path) -> int:
     index, notes = read_for_report(args.path, args.layout, args.class_map)
     if index.num_classes < 2:
         raise DoctorError(notes[-1] if notes else "the label doctor needs labelled photos")

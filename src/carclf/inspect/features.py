@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from carclf import io
+from carclf import io, phases
 
 
 def _feature_key(paths: list[str], backbone: str, weights: str, size: int) -> str:
@@ -59,10 +58,9 @@ def pooled_features(
         num_workers=num_workers,
         collate_fn=skip_none_collate,
     )
-    if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc="label doctor: features", unit="batch", file=sys.stderr)
+    # a bar on a terminal, one line in a log; the clock of a training run's budget is checked
+    desc = f"label doctor: features of {len(paths)} photos ({backbone}, {image_size} px)"
+    loader = phases.track(loader, desc, unit="batch", show=progress or not phases.is_terminal())
     feats = np.zeros((len(paths), model.num_features), dtype=np.float32)
     valid = np.zeros(len(paths), dtype=bool)
     with torch.inference_mode():

@@ -1,7 +1,8 @@
 """The model bundle: what a trained model needs to run anywhere, and nothing else.
 
 A folder with ``model.safetensors`` (weights, fp32 or fp16) and ``meta.json`` (backbone name, head,
-class names, the preprocessing contract, temperature). No pickles, no training code: tens of MB
+class names, the preprocessing contract, temperature, open-set thresholds), plus array files such
+as ``open_set.npz`` (:mod:`carclf.inference.open_set`). No pickles, no training code: tens of MB
 for Lite0 instead of the 450 MB Keras files of the original notebook, and nothing to break between
 library versions. Written to a temporary folder and renamed into place, so a crash never leaves
 half a bundle.
@@ -16,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from safetensors.torch import load_file, save_file
 
 from carclf.errors import ModelError
@@ -42,6 +44,8 @@ class BundleMeta:
     dtype: str = "float32"
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    # unknown-photo rejection (carclf.inference.open_set); {} in bundles from before it
+    open_set: dict = field(default_factory=dict)
     format: str = FORMAT
     created: str = ""
     carclf_version: str = ""
@@ -66,9 +70,17 @@ def is_bundle(path: str | os.PathLike) -> bool:
 
 
 def save_bundle(
-    net: CarNet, meta: BundleMeta, folder: str | os.PathLike, fp16: bool = False
+    net: CarNet,
+    meta: BundleMeta,
+    folder: str | os.PathLike,
+    fp16: bool = False,
+    arrays: dict[str, dict] | None = None,
 ) -> Path:
-    """Write ``net`` and ``meta`` to ``folder`` atomically (replacing an older bundle there)."""
+    """Write ``net`` and ``meta`` to ``folder`` atomically (replacing an older bundle there).
+
+    ``arrays``: file name -> arrays of an ``.npz`` written into the same folder before it is
+    renamed into place (e.g. ``open_set.npz``), so the bundle appears whole or not at all.
+    """
     from carclf import __version__
 
     folder = Path(folder)
@@ -83,6 +95,10 @@ def save_bundle(
     try:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         os.chmod(tmp / WEIGHTS, file_mode())  # safetensors writes it 0600, whatever the umask
+        for name, data in (arrays or {}).items():
+            with open(tmp / name, "wb") as f:  # a file object: np.savez appends no ".npz"
+                np.savez(f, **data)
+            os.chmod(tmp / name, file_mode())
         (tmp / META).write_text(json.dumps(asdict(meta), indent=2, ensure_ascii=False))
         replace_dir(tmp, folder)
     except BaseException:
@@ -97,6 +113,18 @@ def read_meta(folder: str | os.PathLike) -> BundleMeta:
         return BundleMeta.from_dict(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError, TypeError) as e:
         raise ModelError(f"{path}: not a valid carclf bundle ({e})") from None
+
+
+def read_arrays(folder: str | os.PathLike, name: str) -> dict | None:
+    """The arrays of the bundle's ``name`` (.npz), or None when the bundle has no such file."""
+    path = Path(folder) / name
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: not a readable array file ({e})") from None
 
 
 def load_bundle(folder: str | os.PathLike) -> tuple[CarNet, BundleMeta]:

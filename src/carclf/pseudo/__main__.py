@@ -11,7 +11,7 @@ from carclf.pseudo.labels import pseudo_label
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m carclf.pseudo",
+        prog="carclf pseudo",
         description="Pseudo-label unlabelled photos with a trained model, keeping only labels "
         "at least as precise as asked (threshold chosen on held-out labelled photos).",
     )

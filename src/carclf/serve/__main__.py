@@ -1,8 +1,9 @@
-"""``python -m carclf.serve MODEL [--host H] [--port P]``: the service with uvicorn.
+"""``carclf serve MODEL [--host H] [--port P]`` (or ``python -m carclf.serve``): the service.
 
 The model loads before the server binds, so a wrong path or a broken bundle is one clear line on
-stderr and exit code 1, not a server that never becomes ready. One process, one model copy:
-requests are batched inside the process (see :mod:`carclf.serve.batcher`).
+stderr and exit code 2 (carclf's code for bad input), not a server that never becomes ready. One
+process, one model copy: requests are batched inside the process (see :mod:`carclf.serve.batcher`).
+``--help`` answers before anything heavy is imported (no torch, no FastAPI).
 """
 
 from __future__ import annotations
@@ -10,23 +11,35 @@ from __future__ import annotations
 import argparse
 import socket
 
-from carclf.cli import fail, main_exit
+from carclf.cli import EXIT_USAGE, fail, main_exit
 from carclf.errors import CarclfError
 from carclf.serve.limits import Limits, MiB
 
-# A model that cannot be loaded or an address that cannot be bound: the service's exit status
-# (1, as this module's docstring has always said), not the 2 of carclf's other commands.
-CANNOT_SERVE = 1
+# A model that cannot be loaded or an address that cannot be bound: bad input, exit code 2 as in
+# every carclf command (it was 1 before the codes were made the same everywhere).
+CANNOT_SERVE = EXIT_USAGE
+
+EXAMPLES = """\
+examples:
+  carclf serve outputs/runs/<run>                    # page + API on http://127.0.0.1:8000
+  carclf serve outputs/runs/<run>/bundle --backend int8 --port 9000
+  curl -F file=@car.jpg http://127.0.0.1:8000/predict
+
+exit codes: 0 stopped, 2 the model cannot be loaded or the address bound, 130 interrupted"""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     d = Limits()
     p = argparse.ArgumentParser(
-        prog="python -m carclf.serve", description="Serve a carclf model over HTTP, with a page."
+        prog="carclf serve",
+        description="Serve a carclf model over HTTP: an upload page at /, the API at /predict "
+        "and /predict/batch, OpenAPI docs at /docs, Prometheus metrics at /metrics.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", help="bundle folder, training run folder, or .ckpt checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default 8000)")
     p.add_argument(
         "--backend",
         choices=("auto", "onnx", "int8", "torch"),
@@ -34,13 +47,52 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="auto: model.onnx if the bundle has one, else PyTorch; int8: model.int8.onnx",
     )
     p.add_argument("--name", help="model name shown in responses (default: the bundle folder)")
-    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / MiB)
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels)
-    p.add_argument("--max-batch", type=int, default=d.max_batch, help="images per model call")
-    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms)
-    p.add_argument("--max-pending", type=int, default=d.max_pending)
-    p.add_argument("--timeout", type=float, default=d.request_timeout_s, help="seconds")
-    p.add_argument("--log-level", default="info")
+    limits = p.add_argument_group(
+        "limits (over a limit a request gets a JSON error, never a crash)"
+    )
+    limits.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=d.max_upload_bytes / MiB,
+        help=f"largest image upload in MB; larger: 413 (default {d.max_upload_bytes / MiB:g})",
+    )
+    limits.add_argument(
+        "--max-pixels",
+        type=int,
+        default=d.max_pixels,
+        help="largest image in pixels (width x height, read from the header before decoding); "
+        f"larger: 413 (default {d.max_pixels:,})",
+    )
+    limits.add_argument(
+        "--max-batch",
+        type=int,
+        default=d.max_batch,
+        help=f"images per model call, requests are micro-batched (default {d.max_batch})",
+    )
+    limits.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=d.max_wait_ms,
+        help=f"how long a micro-batch waits for more requests, ms (default {d.max_wait_ms:g})",
+    )
+    limits.add_argument(
+        "--max-pending",
+        type=int,
+        default=d.max_pending,
+        help=f"requests admitted at once; more get 503 with Retry-After (default {d.max_pending})",
+    )
+    limits.add_argument(
+        "--timeout",
+        type=float,
+        default=d.request_timeout_s,
+        help=f"seconds a request may take; longer: 504 (default {d.request_timeout_s:g})",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug", "trace"),
+        help="uvicorn's log level (default info)",
+    )
     return p
 
 

@@ -24,10 +24,11 @@ from carclf import __version__
 from carclf.inference import Classifier, find_model
 from carclf.serve.engine import Engine, elapsed_ms
 from carclf.serve.errors import ApiError, install_error_handlers
+from carclf.serve.explain import ExplainSlot, explain_body
 from carclf.serve.limits import Limits
 from carclf.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from carclf.serve.openapi import BATCH_BODY, ERRORS, PREDICT_BODY
-from carclf.serve.schemas import BatchPrediction, Health, Prediction, Ready
+from carclf.serve.schemas import BatchPrediction, ErrorBody, Explanation, Health, Prediction, Ready
 from carclf.serve.state import ServiceState
 from carclf.serve.uploads import MULTIPART_SLACK, is_multipart, read_body, read_files
 
@@ -105,6 +106,7 @@ def _routes(app: FastAPI, state: ServiceState) -> None:
     _page_routes(app)
     _status_routes(app, state)
     _predict_routes(app, state)
+    _explain_route(app, state)
 
 
 def _page_routes(app: FastAPI) -> None:
@@ -120,10 +122,15 @@ def _page_routes(app: FastAPI) -> None:
 
 
 def _ready_body(engine: Engine, limits: Limits) -> dict:
+    open_set = engine.classifier.open_set
     return {
+        "open_set": None
+        if open_set is None
+        else {"score": open_set.score, "keep": open_set.keep, "threshold": open_set.threshold},
         "ready": True,
         "model": engine.info,
         "class_names": engine.classifier.display_names(),
+        "explain": ExplainSlot.available(engine.classifier),
         "limits": {
             "accepted_formats": ["JPEG", "PNG", "WebP", "BMP"],
             "max_upload_bytes": limits.max_upload_bytes,
@@ -197,7 +204,7 @@ def _batch_items(files: list[tuple[str, bytes]], results: list, limits: Limits) 
         if isinstance(result, ApiError):
             items.append({"filename": filename, "error": result.code, "detail": result.detail})
         else:
-            items.append({"filename": filename, **result})
+            items.append({"filename": filename, "error": None, "detail": None, **result})
     return items
 
 
@@ -209,6 +216,7 @@ def _predict_routes(app: FastAPI, state: ServiceState) -> None:
     @app.post(
         "/predict",
         response_model=Prediction,
+        response_model_exclude_unset=True,  # no open-set keys for a model without open-set data
         summary="Top-k car models for one photo",
         openapi_extra=PREDICT_BODY,
         responses={k: v for k, v in ERRORS.items()},
@@ -227,6 +235,7 @@ def _predict_routes(app: FastAPI, state: ServiceState) -> None:
     @app.post(
         "/predict/batch",
         response_model=BatchPrediction,
+        response_model_exclude_unset=True,
         summary="Top-k car models for several photos",
         description="Each image is answered in `results`, in order; an image that cannot be "
         "used gets `error` and `detail` there instead of failing the whole request.",
@@ -251,3 +260,49 @@ def _predict_routes(app: FastAPI, state: ServiceState) -> None:
                 results = await engine.predict(fit, top_k)
         items = _batch_items(files, results, limits)
         return {"model": engine.info, "results": items, "latency_ms": elapsed_ms(start)}
+
+
+def _explain_route(app: FastAPI, state: ServiceState) -> None:
+    """POST /explain: the Grad-CAM heat map of one photo (JSON with a data URL, or the PNG)."""
+    limits, slot = state.limits, ExplainSlot()
+    responses = {
+        200: {"content": {"image/png": {}}, "description": "JSON, or the PNG (?format=png)"},
+        **ERRORS,
+        409: {"model": ErrorBody, "description": "the model has no PyTorch weights"},
+    }
+
+    @app.post(
+        "/explain",
+        response_model=Explanation,
+        summary="Grad-CAM heat map: where in the photo the model saw its answer",
+        description="The same upload as /predict (same limits and errors). JSON by default, "
+        "the overlay as a `data:image/png;base64` URL; `?format=png` answers the PNG itself "
+        "(headers `X-Class-Index`, `X-Probability`). 409 when the model has no PyTorch "
+        "weights (an ONNX-only bundle).",
+        openapi_extra=PREDICT_BODY,
+        responses=dict(sorted(responses.items())),
+    )
+    async def explain(
+        request: Request,
+        class_index: int | None = Query(None, ge=0, description="class to explain (top-1)"),
+        format: str = Query("json", pattern="^(json|png)$", description="json or png"),
+    ):
+        start = time.perf_counter()
+        engine = state.ready_engine()
+        clf = engine.classifier
+        slot.check(clf)
+        if class_index is not None and class_index >= clf.num_classes:
+            raise ApiError(
+                422,
+                "invalid_parameter",
+                f"class_index {class_index}: the model has classes 0..{clf.num_classes - 1}",
+            )
+        with engine.admit():
+            async with _deadline(limits):
+                data = await _one_image(request, limits)
+                e, info = await slot.explain(clf, data, limits.max_pixels, class_index)
+        if format == "png":
+            headers = {"X-Class-Index": str(e.index), "X-Probability": f"{e.probability:.6f}"}
+            return Response(e.png(), media_type="image/png", headers=headers)
+        body = explain_body(clf, e, info)
+        return {"model": engine.info, **body, "latency_ms": elapsed_ms(start)}

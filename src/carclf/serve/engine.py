@@ -73,6 +73,7 @@ class Engine:
         self.limits = limits
         self.metrics = metrics
         self.info = model_info(classifier, name)
+        metrics.counter("carclf_unknown_total", "Photos answered unknown (true) or known (false).")
         self.pending = 0  # admitted requests not yet answered
         self.decoding = 0  # requests whose images are being decoded
         self._decoders = concurrent.futures.ThreadPoolExecutor(
@@ -88,9 +89,12 @@ class Engine:
         )
 
     # -- model side (runs in the batcher's thread) --------------------------------------------
-    def _probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        c = self.classifier
-        return c.probabilities(c.logits(batch)).numpy()
+    def _probabilities(self, batch: torch.Tensor) -> list[tuple[np.ndarray, float | None]]:
+        """Per image: its probabilities and open-set score (None without open-set data)."""
+        probs, scores = self.classifier.answer(batch)
+        if scores is None:
+            return [(p, None) for p in probs]
+        return [(p, float(s)) for p, s in zip(probs, scores, strict=True)]
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.observe("carclf_batch_size", size)
@@ -186,15 +190,36 @@ class Engine:
                 self.metrics.inc("carclf_images_total", result="error")
                 results.append(p)
                 continue
-            scores = self.classifier.scores(next(rows), top_k)
+            probs, open_score = next(rows)
+            scores = self.classifier.scores(probs, top_k)
             self.metrics.inc("carclf_images_total", result="ok")
             results.append(
                 {
                     "top": [{"rank": r, **asdict(s)} for r, s in enumerate(scores, 1)],
                     "image": asdict(p[1]),
+                    **self.open_set_answer(scores, open_score),
                 }
             )
         return results
+
+    def open_set_answer(self, scores, open_score: float | None) -> dict:
+        """``label``, ``unknown``, ``reason``, ``open_set_score``; {} without open-set data."""
+        open_set = self.classifier.open_set
+        if open_set is None or open_score is None:
+            return {}
+        unknown = bool(open_set.unknown(open_score))
+        self.metrics.inc("carclf_unknown_total", result=str(unknown).lower())
+        answer = {
+            "label": None if unknown else scores[0].label,
+            "unknown": unknown,
+            "open_set_score": round(open_score, 6),
+        }
+        if unknown:
+            answer["reason"] = (
+                f"not one of the {self.classifier.num_classes} known models: "
+                f"{open_set.reason(open_score)}"
+            )
+        return answer
 
 
 def elapsed_ms(start: float) -> float:

@@ -50,14 +50,29 @@ class ImageMeta(BaseModel):
     height: int
 
 
-class Prediction(BaseModel):
+class OpenSetAnswer(BaseModel):
+    """Present only for a model with open-set data (carclf.inference.open_set)."""
+
+    label: int | str | None = Field(
+        None, description="the top class's label, or null when the photo is `unknown`"
+    )
+    unknown: bool | None = Field(
+        None, description="true: the photo looks like none of the model's classes"
+    )
+    reason: str | None = Field(None, description="why the photo is unknown, in words")
+    open_set_score: float | None = Field(
+        None, description="higher = more like the known classes; unknown under the threshold"
+    )
+
+
+class Prediction(OpenSetAnswer):
     model: ModelInfo
-    top: list[ClassScore]
+    top: list[ClassScore] = Field(description="the ranked classes (the closest guesses if unknown)")
     image: ImageMeta
     latency_ms: float = Field(description="server time from request start to response")
 
 
-class BatchItem(BaseModel):
+class BatchItem(OpenSetAnswer):
     filename: str
     top: list[ClassScore] | None = None
     image: ImageMeta | None = None
@@ -68,6 +83,19 @@ class BatchItem(BaseModel):
 class BatchPrediction(BaseModel):
     model: ModelInfo
     results: list[BatchItem]
+    latency_ms: float
+
+
+class Explanation(BaseModel):
+    """What POST /explain answers (``?format=png``: the overlay PNG itself)."""
+
+    model: ModelInfo
+    explained: ClassScore = Field(description="the class the heat map is for (default: top-1)")
+    image: ImageMeta
+    method: str = Field(description="grad-cam: Grad-CAM on the backbone's last stage")
+    overlay: str = Field(description="data:image/png;base64,... the photo with the heat map")
+    overlay_width: int
+    overlay_height: int
     latency_ms: float
 
 
@@ -88,8 +116,20 @@ class UploadLimits(BaseModel):
     max_files: int
 
 
+class OpenSetInfo(BaseModel):
+    score: str = Field(description="msp, energy or knn")
+    keep: float = Field(description="share of known validation photos the threshold accepts")
+    threshold: float
+
+
 class Ready(BaseModel):
     ready: bool
     model: ModelInfo
     class_names: list[str]
     limits: UploadLimits
+    open_set: OpenSetInfo | None = Field(
+        None, description="unknown-photo rejection; null for a model without open-set data"
+    )
+    explain: bool = Field(
+        False, description="POST /explain works (the model's PyTorch weights are there)"
+    )

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from carclf import phases
 from carclf.data.dataset import MultiViewDataset
 from carclf.train.feature_cache import CacheKey, FeatureCache, prefix_fingerprint
 from carclf.train.prefix_engine import CheckedEngine, make_engine, resolve_engine
@@ -85,6 +86,9 @@ class CacheStage:
         key = (cut, size, prefix_fingerprint(net, cut))
         if key not in self._engines:
             name = resolve_engine(self.engine_choice, pl_module.device)
+            left = phases.seconds_left()
+            if self.engine_choice == "auto" and left is not None and left < 0:
+                name = "torch"  # the time budget is spent: no time for an ONNX export
             self._engines[key] = make_engine(
                 name, net, pl_module.meta, cut, size, workdir=self.cache_dir
             )
@@ -159,10 +163,36 @@ class CacheStage:
             self.multiview(dm, rows, [dm.eval_preset(), dm.train_preset()]),
             batch_images=16,
             num_workers=dm.num_workers,
+            show=False,
         )
-        rate = cache.rate or 2 * len(rows) / max(cache.seconds, 1e-6)
+        rate = cache.rate or 2 * len(cache.valid) / max(cache.seconds, 1e-6)
         feats = torch.as_tensor(cache.store).reshape(-1, *cache.store.shape[2:]).float()
         return feats, rate
+
+    @torch.inference_mode()
+    def tail_features(self, net, image_size: int, positions) -> torch.Tensor | None:
+        """Penultimate features (the head's input) of train-split rows ``positions`` computed
+        from the train cache's plain view through the network's tail, or None when the cache
+        cannot stand in for the photos: none, another image size, or frozen weights that are no
+        longer those it was computed with (checked by fingerprint). Rows the cache could not
+        decode are left out (see :attr:`cached_rows`)."""
+        cache = self.caches.get("train")
+        if cache is None or cache.store is None or cache.key.image_size != image_size:
+            return None
+        if prefix_fingerprint(net, cache.key.cut) != cache.key.fingerprint:
+            return None
+        held = self.cached_rows()
+        rows = [int(p) for p in positions if int(p) in held]
+        out = []
+        for i in range(0, len(rows), 64):
+            x = torch.as_tensor(cache.store[0, rows[i : i + 64]]).float()
+            out.append(net.head(net.features_from(x, cache.key.cut), pre_logits=True).float())
+        return torch.cat(out) if out else None
+
+    def cached_rows(self) -> set[int]:
+        """Train-split rows the train cache holds (unreadable photos are not among them)."""
+        cache = self.caches.get("train")
+        return set(cache.valid.tolist()) if cache is not None else set()
 
     def close(self) -> None:
         """The run is done: delete its caches (a resume will not need them), close engines."""

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,11 +41,11 @@ from torch.utils.data import (
     SequentialSampler,
     Subset,
 )
-from tqdm import tqdm
 
-from carclf import io
+from carclf import io, phases
 from carclf.data.dataset import MultiViewDataset, skip_none_collate
 from carclf.models.network import CarNet
+from carclf.train.planner import BudgetBatches
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +163,15 @@ class FeatureCache:
         num_workers: int = 2,
         max_mb: int = 2048,
         directory: Path | None = None,
+        show: bool = True,
     ) -> FeatureCache:
         """Run ``engine`` (the frozen prefix) over every view of every image in ``dataset``.
 
         With a ``directory`` the store lives on disk there and a build killed part-way resumes
-        from its last recorded progress.
+        from its last recorded progress. A build that reaches the run's time budget
+        (:mod:`carclf.phases`) stops after its current batch and keeps the photos it reached
+        (at least one batch): the epoch then visits those only, and the budget holds. ``show``:
+        progress (a bar on a terminal, one line in a log).
         """
         t0 = time.perf_counter()
         n = len(dataset)
@@ -179,17 +182,24 @@ class FeatureCache:
             todo, batch_size=batch_images, num_workers=num_workers, collate_fn=skip_none_collate
         )
         build = _Build(key, len(dataset.transforms), n, store, valid, start, disk, t0)
-        build.run(loader, engine)
+        build.run(loader, engine, show)
         store, seconds, rate = build.store, time.perf_counter() - t0, build.rate()
+        complete = build.cut_short is None  # a cut-short build continues on resume
         if disk is not None:
             store.flush()
-            io.write_json(
-                disk.record,
-                {**cls._record(key, valid, n, True), "seconds": seconds, "rate": rate},
-                indent=None,
-            )
+            done = n if complete else build.position
+            record = {**cls._record(key, valid, done, complete), "seconds": seconds, "rate": rate}
+            io.write_json(disk.record, record, indent=None)
             store = cls._in_ram(store, max_mb)
-        log.info(
+        if not complete:
+            log.warning(
+                "%s: the %s feature cache holds %d of %d photos",
+                build.cut_short,
+                key.split,
+                int(valid.sum()),
+                n,
+            )
+        (log.info if show else log.debug)(
             "cached %s features: %d views x %d images, %.0f MB, %.1f s (%s, %s image-views/s)",
             key.split,
             build.views,
@@ -232,7 +242,7 @@ class FeatureCache:
             return torch.zeros(shape, dtype=torch.float16)
         disk.array.parent.mkdir(parents=True, exist_ok=True)
         size_mb = int(np.prod(shape)) * 2 / 2**20
-        log.info("feature cache of %.0f MB in %s", size_mb, disk.array)
+        log.debug("feature cache of %.0f MB in %s", size_mb, disk.array)
         return np.lib.format.open_memmap(disk.array, mode="w+", dtype=np.float16, shape=shape)
 
     def delete(self) -> None:
@@ -244,14 +254,12 @@ class FeatureCache:
     def loader(self, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
         """Batches ``(features, label, index)``; in shuffled mode each item takes a random view."""
         ds = _CachedBatches(self, random_view=shuffle)
-        sampler = RandomSampler(ds) if shuffle else SequentialSampler(ds)
         drop = drop_last and len(ds) > batch_size
-        return DataLoader(
-            ds,
-            batch_size=None,
-            sampler=BatchSampler(sampler, batch_size, drop_last=drop),
-            num_workers=0,
-        )
+        if shuffle:
+            batches = BatchSampler(RandomSampler(ds), batch_size, drop_last=drop)
+        else:  # an evaluation pass: ends early past the time budget (see BudgetBatches)
+            batches = BudgetBatches(SequentialSampler(ds), batch_size, drop_last=drop)
+        return DataLoader(ds, batch_size=None, sampler=batches, num_workers=0)
 
 
 class _Build:
@@ -263,34 +271,32 @@ class _Build:
         self.position = start
         self.total, self.done = views * n, views * start
         self.first_at, self.first_done = None, self.done
+        self.cut_short: str | None = None  # why the build stopped early (the time budget)
 
-    def run(self, loader, engine) -> None:
+    def run(self, loader, engine, show: bool = True) -> None:
         key = self.key
-        bar = tqdm(
-            total=self.total,
-            initial=self.done,
-            desc=f"caching {key.split} features (groups 0-{key.cut - 1}, {self.views} views)",
-            unit="view",
-            file=sys.stderr,
-            leave=False,
-            disable=None,
-        )
+        views = f"{self.views} view{'s' if self.views > 1 else ''}"
+        desc = f"caching {key.split} features (groups 0-{key.cut - 1}, {views})"
         last_saved = time.perf_counter()
-        try:
+        with phases.bar(desc, self.total, "view", initial=self.done, show=show) as bar:
             for batch in loader:
                 if batch is None:
                     continue
                 added = self._add(batch, engine)
-                bar.update(added)
                 now = time.perf_counter()
-                self._log_quarter(added, now)
+                if self.first_at is None:
+                    self.first_at, self.first_done = now, self.done
                 if self.disk is not None and now - last_saved > PROGRESS_EVERY_S:
                     self.store.flush()
                     record = FeatureCache._record(key, self.valid, self.position, False)
                     io.write_json(self.disk.record, record, indent=None)
                     last_saved = now
-        finally:
-            bar.close()
+                try:
+                    bar.update(added)
+                except phases.BudgetSpent as e:
+                    if self.done < self.total:
+                        self.cut_short = str(e)
+                    break
         if self.store is None:
             raise RuntimeError(f"no readable image in the {key.split} split")
 
@@ -311,18 +317,6 @@ class _Build:
         self.position = int(ids.max()) + 1
         self.done += b * self.views
         return b * self.views
-
-    def _log_quarter(self, added: int, now: float) -> None:
-        if self.first_at is None:
-            self.first_at, self.first_done = now, self.done
-        if self.done * 4 // self.total > (self.done - added) * 4 // self.total:
-            log.info(
-                "caching %s features: %d/%d image-views (%.0f s)",
-                self.key.split,
-                self.done,
-                self.total,
-                now - self.t0,
-            )
 
     def rate(self) -> float | None:
         """Image-views per second after the first batch (worker start-up left out)."""

@@ -30,11 +30,13 @@ import time
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader, SequentialSampler
 
+from carclf.data.dataset import skip_none_collate
 from carclf.train.cache_stage import CacheStage
 from carclf.train.optim import build_optimizer, build_scheduler, trainable_parameter_count
-from carclf.train.planner import Plan, Planner
-from carclf.train.probe import measure_costs
+from carclf.train.planner import FINISH_MARGIN, BudgetBatches, Plan, Planner
+from carclf.train.probe import finish_cost, measure_costs
 from carclf.train.stages import Stage, stage_at, total_epochs
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ class StagedFinetuning(pl.Callback):
         self._epoch_started: float | None = None
         self._paused = 0.0  # time spent applying stages (caches) inside the current epoch span
         self._last_epoch_stage: int | None = None
+        self.interrupt: KeyboardInterrupt | None = None  # Ctrl-C or SIGTERM inside fit
 
     @property
     def state_key(self) -> str:
@@ -145,6 +148,10 @@ class StagedFinetuning(pl.Callback):
         if self.auto:
             self._plan(trainer, pl_module)
             trainer.fit_loop.max_epochs = total_epochs(self.stages)
+        elif self.planner is not None:  # a budget, no plan: keep the end of the run free anyway
+            size = self.stages[-1].image_size
+            seconds = finish_cost(trainer, pl_module, size, self.finish_views)
+            self.planner.budget.keep(FINISH_MARGIN * seconds)
         if self._restored_rng is not None:
             set_rng_state(self._restored_rng)
             self._restored_rng = None
@@ -175,9 +182,14 @@ class StagedFinetuning(pl.Callback):
                 planner.save()
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        # The caches stay until the end of the run has used them (the open set's feature bank,
+        # :mod:`carclf.train.finish`), which then closes them.
         pl_module.input_start = 0
         trainer.datamodule.loader_source = None
-        self.cache.close()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        # Lightning turns Ctrl-C into sys.exit(1); the run reads this to say how to resume
+        self.interrupt = exception if isinstance(exception, KeyboardInterrupt) else None
 
     def current_stage(self) -> Stage:
         idx = self.applied if self.applied is not None else (self.restored_stage or 0)
@@ -197,10 +209,21 @@ class StagedFinetuning(pl.Callback):
         trainer = self._trainer
         self.sync(trainer, trainer.lightning_module)
         if not self.cut:
-            return None
+            return self._budget_val_loader(trainer.datamodule) if split == "val" else None
         dm, stage = trainer.datamodule, self.current_stage()
         size = stage.batch_size if split == "train" else (dm.eval_batch_size or stage.batch_size)
         return self.cache.loader(split, size)
+
+    def _budget_val_loader(self, dm) -> DataLoader | None:
+        """With a time budget, the DataModule's validation loader whose pass ends early past
+        it (:class:`~carclf.train.planner.BudgetBatches`); None: the DataModule's own."""
+        if self.planner is None or self.ddp_safe:
+            return None
+        ds = dm.dataset("val")
+        batches = BudgetBatches(SequentialSampler(ds), dm.eval_batch_size or dm.batch_size, False)
+        return DataLoader(
+            ds, batch_sampler=batches, num_workers=dm.num_workers, collate_fn=skip_none_collate
+        )
 
     def sync(self, trainer: pl.Trainer, pl_module) -> None:
         """Apply the stage of the current epoch if it is not in place yet (idempotent)."""

@@ -30,7 +30,9 @@ def single_job_command_line() -> Iterator[None]:
         return
     hc = HydraConfig.get()
     argv, run_dir = sys.argv[:], hc.run.dir
-    sys.argv = [argv[0], *hc.overrides.task]
+    # `carclf train -m ...` / `carclf search ...`: the ranks run `carclf train <job overrides>`
+    command = [argv[0], "train"] if argv[1:2] in (["train"], ["search"]) else argv[:1]
+    sys.argv = [*command, *hc.overrides.task]
     with read_write(hc):
         hc.run.dir = hc.runtime.output_dir
     try:

@@ -28,8 +28,10 @@ from carclf.train.stages import Stage
 log = logging.getLogger(__name__)
 # Per epoch beyond the measured steps: checkpoints (best + last), logging, loader set-up.
 EPOCH_OVERHEAD_S = 0.6
-# The end of a run beyond its validation pass: temperature fit, bundle, curves, metrics.
-FINISH_OVERHEAD_S = 4.0
+# The end of a run beyond its network passes: loader start-ups (a second each on 2 cores), the
+# temperature and open-set fits, bundle, curves, summaries, metrics. Measured on the 2-core box:
+# 4-6 s on small data; under-estimating it let the final validation be cut short.
+FINISH_OVERHEAD_S = 6.0
 
 
 def _sync(device: torch.device) -> None:
@@ -68,19 +70,43 @@ def _train_rate(trainer, pl_module, stage, cut: int, inputs: torch.Tensor, steps
 
 
 @torch.inference_mode()
-def _eval_rate(trainer, pl_module, cut: int, inputs: torch.Tensor, batch: int = 32) -> float:
+def _eval_rate(
+    trainer, pl_module, cut: int, inputs: torch.Tensor, batch: int = 32, runs: int = 3
+) -> float:
     net, device = pl_module.net, pl_module.device
     net.eval()
     pl_module.input_start = cut
     x = _batch(inputs, batch).to(device)
     times = []
-    for _ in range(3):
+    for _ in range(runs):
         t = time.perf_counter()
         with trainer.precision_plugin.forward_context():
             pl_module(x)
         _sync(device)
         times.append(time.perf_counter() - t)
     return len(x) / statistics.median(times[1:])
+
+
+def _finish_cost(trainer, pl_module, size: int, finish_views: float) -> tuple[float, float]:
+    """(seconds, images/s): the end of the run, from the whole network's speed at ``size``."""
+    full = _eval_rate(trainer, pl_module, 0, torch.randn(8, 3, size, size), batch=8, runs=4)
+    n_val = len(trainer.datamodule.rows("val"))
+    return n_val * finish_views / full + FINISH_OVERHEAD_S, full
+
+
+def finish_cost(trainer, pl_module, size: int, finish_views: float) -> float:
+    """Seconds the end of the run will take (its validation pass with ``finish_views`` network
+    passes per photo, the bundle): what a budget without a plan keeps free. The network is left
+    as it was."""
+    net = pl_module.net
+    training, start = net.training, pl_module.input_start
+    try:
+        seconds, full = _finish_cost(trainer, pl_module, size, finish_views)
+    finally:
+        net.train(training)
+        pl_module.input_start = start
+    log.info("the end of the run: about %.0f s (%.0f img/s on the whole network)", seconds, full)
+    return seconds
 
 
 def measure_costs(
@@ -102,10 +128,8 @@ def measure_costs(
     rates: dict = {"prefix_views_per_s": {}, "train_img_per_s": [], "val_img_per_s": []}
     try:
         costs = _stage_costs(stages, cache, trainer, pl_module, rates)
-        size = stages[-1].image_size
-        full = _eval_rate(trainer, pl_module, 0, torch.randn(8, 3, size, size))
+        finish, full = _finish_cost(trainer, pl_module, stages[-1].image_size, finish_views)
         rates["full_eval_img_per_s"] = round(full, 1)
-        finish = len(dm.rows("val")) * finish_views / full + FINISH_OVERHEAD_S
     finally:
         net.load_state_dict(saved_state)
         for n, p in net.named_parameters():

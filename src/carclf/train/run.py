@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import time
 import warnings
 from dataclasses import asdict
@@ -20,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-from carclf import io
+from carclf import io, phases
 from carclf.data.check import CheckReport, check_index
 from carclf.data.datamodule import CarDataModule
 from carclf.data.exclude import apply_exclude
@@ -28,6 +27,7 @@ from carclf.data.extra import read_extra
 from carclf.data.layouts import read_dataset
 from carclf.data.tta import TTA_PRESETS
 from carclf.errors import CarclfError, ConfigError
+from carclf.inference.open_set import check_config as check_open_set
 from carclf.models.bundle import BundleMeta
 from carclf.models.factory import normalization
 from carclf.models.module import CarClassifier
@@ -41,6 +41,7 @@ from carclf.train.finish import FittedRun, finish
 from carclf.train.loggers import configured_callbacks, configured_loggers
 from carclf.train.planner import Budget, Planner, TimeBudget
 from carclf.train.prefix_engine import check_engine
+from carclf.train.progress import progress_bar, quiet_third_party
 from carclf.train.stages import resolve_stages, total_epochs
 
 log = logging.getLogger(__name__)
@@ -76,13 +77,24 @@ def _on_gpu(cfg) -> bool:
     return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
 
 
-def _finish_views(cfg) -> float:
+# The open set's bank from the feature cache runs only the tail: a small share of a full pass.
+CACHED_BANK_SHARE = 0.1
+
+
+def _finish_views(cfg, dm: CarDataModule | None = None, bank_cached: bool = False) -> float:
     """Network passes per validation image at the end of the run, in units of one plain view
-    (a 1.15x view costs 1.15^2): what the budget planner keeps free for it."""
+    (a 1.15x view costs 1.15^2): what the budget planner keeps free for it. With ``dm``, the
+    open set's pass over training photos (one plain view each, up to ``open_set.max_bank``;
+    ``bank_cached``: through the tail only, from the last stage's feature cache)."""
+    bank = 0.0
+    osc = cfg.get("open_set")
+    if dm is not None and osc is not None and osc.enabled and len(dm.val_idx):
+        bank = min(len(dm.train_idx), osc.max_bank) / len(dm.val_idx)
+        bank *= CACHED_BANK_SHARE if bank_cached else 1.0
     if not cfg.fit_temperature:
-        return 1.0
+        return 1.0 + bank
     views = TTA_PRESETS[cfg.calibration_tta](size=224, mean=(0, 0, 0), std=(1, 1, 1)).views
-    return float(sum(v.scale**2 for v in views))
+    return float(sum(v.scale**2 for v in views)) + bank
 
 
 def run_data_check(index, run_dir: Path, d) -> CheckReport | None:
@@ -107,6 +119,8 @@ def build_trainer(
     t = cfg.trainer
     limits = {k: t[k] for k in ("limit_train_batches", "limit_val_batches") if t[k] is not None}
     csv = ResumableCSVLogger(run_dir, keep_through_epoch=resume_epoch)
+    quiet_third_party()
+    bar = [progress_bar()] if t.enable_progress_bar else []
     return pl.Trainer(
         default_root_dir=str(run_dir),
         max_epochs=max_epochs,
@@ -120,10 +134,11 @@ def build_trainer(
         deterministic=t.deterministic,
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,  # its FLOPs column is 0 here; stages log their parameters
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
         logger=configured_loggers(cfg) + [csv],  # conf/logger; the CSV log is always written
-        callbacks=callbacks,
+        callbacks=callbacks + bar,
         plugins=[AtomicCheckpointIO()],
         **limits,
     )
@@ -131,30 +146,6 @@ def build_trainer(
 
 # Frozen BatchNorm layers are in eval mode on purpose (see CarNet.train).
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-
-
-_runs_in_process = 0
-
-
-def clock_start() -> float:
-    """Where a command-line run's time budget starts (a ``time.perf_counter`` value).
-
-    For the first run of a ``train.py`` process, when the process started: a user times the
-    command, and the interpreter's start and the imports (seconds for torch) are part of it.
-    Later runs in the same process (the jobs of a sweep) start their clock when they are called.
-    """
-    global _runs_in_process
-    now = time.perf_counter()
-    _runs_in_process += 1
-    if _runs_in_process > 1:
-        return now
-    try:  # Linux: process start in clock ticks after boot, and the time since boot
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return now
-    return now - age if 0 <= age < 600 else now
 
 
 def train(
@@ -167,46 +158,79 @@ def train(
 
     ``callbacks`` are extra Lightning callbacks (e.g. for monitoring), added after carclf's own
     and those of ``cfg.callbacks``. ``started`` (a ``time.perf_counter`` value, default now) is
-    where the time budget starts; ``train.py`` passes :func:`clock_start`.
+    where the time budget starts; ``carclf train`` passes :func:`carclf.phases.clock_start`.
     """
     started = time.perf_counter() if started is None else started
     cfg, run_dir, ckpt_path, resume_epoch = open_run(cfg, run_dir)
+    minutes = cfg.trainer.time_budget_min
+    phases.set_budget(started + minutes * 60 if minutes else None)
+    try:
+        return _train(cfg, run_dir, ckpt_path, resume_epoch, list(callbacks), started)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM (carclf.cli.sigterm_as_interrupt)
+        raise type(e)(f"continue with: carclf train resume={run_dir}") from None
+    finally:
+        phases.set_budget(None)
+
+
+def _train(cfg, run_dir: Path, ckpt_path, resume_epoch, callbacks: list, started: float) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     check_settings(cfg)
     dm = build_datamodule(cfg, run_dir)
     meta = build_meta(cfg, dm)
     module = build_module(cfg, meta, dm)
-    staged = build_staged(cfg, module, run_dir, started)
+    staged = build_staged(cfg, module, run_dir, started, dm)
     ckpt_cb, own = run_callbacks(cfg, staged, has_val=len(dm.val_idx) > 0)
-    extra = configured_callbacks(cfg) + list(callbacks)
+    extra = configured_callbacks(cfg) + callbacks
     trainer = build_trainer(
         cfg, run_dir, own + extra, total_epochs(staged.stages), resume_epoch=resume_epoch
     )
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    spent = fit(trainer, module, dm, staged, ckpt_path)
     train_seconds = time.perf_counter() - t0
-    if trainer.interrupted:
-        raise CarclfError(
-            f"training interrupted; continue it with: python train.py resume={run_dir}"
-        )
     if not trainer.is_global_zero:
         return {}
     ema = next((c for c in own if isinstance(c, EMA)), None)
-    return finish(
-        FittedRun(
-            cfg,
-            run_dir,
-            module,
-            dm,
-            staged,
-            ckpt_cb.best_model_path,
-            ema,
-            meta,
-            train_seconds,
-            {"epochs_completed": trainer.current_epoch},
-        )
+    budget = next((c for c in own if isinstance(c, TimeBudget)), None)
+    if budget is not None:  # the end of the run may use the time kept for it
+        phases.set_budget(budget.budget.end)
+    stopped = spent or (budget is not None and budget.stopped)
+    fitted = FittedRun(
+        cfg,
+        run_dir,
+        module,
+        dm,
+        staged,
+        ckpt_cb.best_model_path,
+        ema,
+        meta,
+        train_seconds,
+        {"epochs_completed": trainer.current_epoch, "stopped_by_budget": stopped},
+        started=started,
     )
+    return finish(fitted)
+
+
+def fit(trainer: pl.Trainer, module, dm, staged: StagedFinetuning, ckpt_path) -> bool:
+    """``trainer.fit``; True when the time budget ended it inside a phase.
+
+    Lightning turns Ctrl-C into ``sys.exit(1)``; the interrupt it saw is raised again here, so
+    the command exits 130 with a hint on how to resume. A phase that ran out of time
+    (:class:`carclf.phases.BudgetSpent`) ends the run with the best weights so far.
+    """
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except SystemExit:
+        if staged.interrupt is not None:
+            raise staged.interrupt from None
+        raise
+    except phases.BudgetSpent as e:
+        log.warning("%s: the run ends with the best weights so far", e)
+        staged.on_fit_end(trainer, module)
+        return True
+    if trainer.interrupted:
+        raise KeyboardInterrupt()
+    return False
 
 
 def open_run(cfg: DictConfig, run_dir) -> tuple[DictConfig, Path, Path | None, int | None]:
@@ -254,6 +278,8 @@ def check_settings(cfg: DictConfig) -> None:
             f"calibration_tta={cfg.calibration_tta!r}: choose one of {sorted(TTA_PRESETS)}"
         )
     check_engine(cfg.cache_engine, "cuda" if _on_gpu(cfg) else "cpu")
+    if cfg.get("open_set") is not None:
+        check_open_set(cfg.open_set)
 
 
 def _pick(node, fn, skip=()) -> dict:
@@ -313,7 +339,7 @@ def build_module(cfg: DictConfig, meta: BundleMeta, dm: CarDataModule) -> CarCla
     )
 
 
-def build_staged(cfg: DictConfig, module: CarClassifier, run_dir: Path, started: float):
+def build_staged(cfg: DictConfig, module: CarClassifier, run_dir: Path, started: float, dm=None):
     d, minutes = cfg.data, cfg.trainer.time_budget_min
     stages = resolve_stages(
         cfg.stages, module.net.num_groups, d.image_size, d.batch_size, d.augment.strength
@@ -322,12 +348,16 @@ def build_staged(cfg: DictConfig, module: CarClassifier, run_dir: Path, started:
     if minutes:
         budget = Budget(minutes * 60.0, start=started)
         planner = Planner(budget, OmegaConf.to_container(cfg.plan), run_dir / "plan.json")
+    cache = CacheStage(cfg.cache_engine, cfg.max_cache_mb, run_dir / "cache")
+    # On one device the last stage's cache serves the open set's bank (see train/finish.py).
+    single = cfg.trainer.devices in (1, "1", "auto") and cfg.trainer.num_nodes == 1
+    bank_cached = single and not _on_gpu(cfg) and cache.cacheable(stages[-1], module)
     return StagedFinetuning(
         stages,
         layer_decay=cfg.model.layer_decay,
-        cache=CacheStage(cfg.cache_engine, cfg.max_cache_mb, run_dir / "cache"),
+        cache=cache,
         planner=planner,
-        finish_views=_finish_views(cfg),
+        finish_views=_finish_views(cfg, dm, bank_cached),
     )
 
 

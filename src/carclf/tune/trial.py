@@ -114,7 +114,8 @@ def run_trial(cfg, run_dir: str | Path, train: Callable[..., dict]) -> float | N
     budget = cfg.trainer.get("time_budget_min")
     done, planned = metrics.get("epochs_completed"), metrics.get("epochs")
     if budget and done is not None and planned and done < planned:
-        if time.perf_counter() - started >= budget * 60:
+        # the run stops early enough to finish inside its budget: it says when it was stopped
+        if metrics.get("stopped_by_budget") or time.perf_counter() - started >= budget * 60:
             reason = f"out of its {budget:g}-minute time budget after {done} of {planned} epochs"
             _note(trial, rank0, reason)
             raise optuna.TrialPruned(reason)

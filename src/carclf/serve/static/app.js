@@ -10,7 +10,10 @@ const el = (tag, cls, text) => {
   return node;
 };
 let limits = null;
+let knownModels = null; // how many classes the model knows (the "unknown" banner says it)
 let previewUrl = null;
+let explainable = false; // the model has PyTorch weights: POST /explain works (from /ready)
+let currentFile = null; // the photo on the page, for "explain"
 
 function formatBytes(n) {
   return n >= 1048576 ? `${(n / 1048576).toFixed(1)} MB` : `${Math.max(1, Math.round(n / 1024))} kB`;
@@ -28,6 +31,8 @@ async function loadModel() {
     }
     const m = body.model;
     limits = body.limits;
+    explainable = body.explain === true;
+    knownModels = m.num_classes;
     $("model").classList.remove("waiting");
     $("model").classList.add("ready");
     $("model-text").textContent = `${m.name} · ${m.backbone} · ${m.num_classes} classes · ${m.backend}`;
@@ -54,6 +59,7 @@ function showPreview(file) {
   };
   img.src = previewUrl;
   img.hidden = false;
+  resetExplain();
   $("again").hidden = false;
   $("dropzone").classList.add("has-image");
 }
@@ -69,7 +75,23 @@ function showError(message) {
   $("error").hidden = false;
 }
 
+function renderVerdict(body) {
+  // Only a model with open-set data answers "unknown"; older models leave it out.
+  const box = $("unknown");
+  const unknown = body.unknown === true;
+  box.hidden = !unknown;
+  $("results-title").textContent = unknown ? "Closest guesses" : "Top 5 car models";
+  if (!unknown) return;
+  const n = knownModels ?? body.model?.num_classes;
+  box.replaceChildren(
+    el("strong", null, `Not one of the ${n} known models`),
+    el("span", "reason", "This photo does not look like any car model the classifier was trained on; the closest guesses are below."),
+  );
+  box.title = body.reason || "";
+}
+
 function render(body, roundTripMs) {
+  renderVerdict(body);
   const list = $("results");
   list.replaceChildren();
   body.top.forEach((c) => {
@@ -96,6 +118,7 @@ function render(body, roundTripMs) {
 
 async function predict(file) {
   $("error").hidden = true;
+  $("unknown").hidden = true;
   $("results").replaceChildren();
   $("latency").textContent = "";
   if (limits && file.size > limits.max_upload_bytes) {
@@ -120,6 +143,7 @@ async function predict(file) {
       return;
     }
     render(body, roundTrip);
+    offerExplain();
   } catch (e) {
     showError(`Could not reach the service: ${e.message}`);
   } finally {
@@ -127,8 +151,63 @@ async function predict(file) {
   }
 }
 
+// -- explain: the Grad-CAM heat map of the answer, over the photo, with a toggle -------------
+function resetExplain() {
+  $("explain-row").hidden = true;
+  $("heatmap").hidden = true;
+  $("heatmap").removeAttribute("src");
+  $("heatmap-switch").hidden = true;
+  $("explain-note").textContent = "";
+  $("explain-note").classList.remove("bad");
+  $("explain").disabled = false;
+}
+
+function offerExplain() {
+  $("explain-row").hidden = false;
+  $("explain").disabled = !explainable;
+  $("explain").title = explainable ? "" : "this service's model has no PyTorch weights (ONNX only)";
+}
+
+function showHeatmap(on) {
+  const ready = Boolean($("heatmap").getAttribute("src"));
+  $("heatmap").hidden = !(on && ready);
+  $("preview").hidden = on && ready;
+}
+
+async function explain() {
+  if (!currentFile) return;
+  const note = $("explain-note");
+  note.classList.remove("bad");
+  note.textContent = "Explaining…";
+  $("explain").disabled = true;
+  const form = new FormData();
+  form.append("file", currentFile, currentFile.name || "upload");
+  try {
+    const r = await fetch("/explain", { method: "POST", body: form });
+    const body = await r.json();
+    if (!r.ok) {
+      note.classList.add("bad");
+      note.textContent = body.detail || body.error || `error ${r.status}`;
+      return;
+    }
+    const c = body.explained;
+    $("heatmap").src = body.overlay;
+    $("heatmap-switch").hidden = false;
+    $("heatmap-toggle").checked = true;
+    showHeatmap(true);
+    note.textContent =
+      `Grad-CAM for ${c.display} (${(c.probability * 100).toFixed(1)}%): red is where the evidence was strongest · ${body.latency_ms.toFixed(0)} ms`;
+  } catch (e) {
+    note.classList.add("bad");
+    note.textContent = `Could not reach the service: ${e.message}`;
+  } finally {
+    $("explain").disabled = !explainable;
+  }
+}
+
 function handle(file) {
   if (!file) return;
+  currentFile = file;
   showPreview(file);
   predict(file);
 }
@@ -140,6 +219,8 @@ function init() {
     e.target.value = ""; // choosing the same file again still fires "change"
   });
   $("again").addEventListener("click", () => $("file").click());
+  $("explain").addEventListener("click", explain);
+  $("heatmap-toggle").addEventListener("change", (e) => showHeatmap(e.target.checked));
   ["dragenter", "dragover"].forEach((t) =>
     zone.addEventListener(t, (e) => { e.preventDefault(); zone.classList.add("dragging"); }));
   ["dragleave", "drop"].forEach((t) =>
