@@ -23,8 +23,10 @@ loaded into it, so param groups always line up.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
+import statistics
 import time
 
 import numpy as np
@@ -40,6 +42,10 @@ from carclf.train.probe import finish_cost, measure_costs
 from carclf.train.stages import Stage, stage_at, total_epochs
 
 log = logging.getLogger(__name__)
+
+# An auto stage's epochs are fitted to its own speed after this many of them (the first pays the
+# stage's warm-up, so the median of the later ones is used).
+REPLAN_AFTER_EPOCHS = (2, 8)
 
 
 def rng_state() -> dict:
@@ -301,7 +307,41 @@ class StagedFinetuning(pl.Callback):
             )
         self._epoch_started, self._paused = now, 0.0
         self.sync(trainer, pl_module)
+        self._replan_after_first_epoch(trainer)
         self._last_epoch_stage = self.applied
         if self.optim_stage != self.applied:
             trainer.strategy.setup_optimizers(trainer)
         pl_module.log("stage", float(self.applied), on_step=False, on_epoch=True)
+
+    def _replan_after_first_epoch(self, trainer: pl.Trainer) -> None:
+        """Once an ``auto`` stage's second epoch has run (the first one pays the stage's warm-up),
+        fit its epochs to the second one's measured time and let the LR schedule run over the new
+        length from where it is."""
+        stage = self.current_stage()
+        done = trainer.current_epoch - stage.start_epoch
+        if (
+            self.planner is None
+            or self.planner.plan is None
+            or self.resumed
+            or not stage.auto_epochs
+            or done not in REPLAN_AFTER_EPOCHS
+            or self._last_epoch_stage != stage.index
+            or not self.planner.epoch_log
+        ):
+            return
+        own = [t for i, t in self.planner.epoch_log[-(done - 1) :] if i == stage.index]
+        if not own:
+            return
+        epochs = self.planner.replan_running(self.stages, stage, statistics.median(own), done)
+        if epochs is None:
+            return
+        self.stages = self.planner.apply(self.stages)
+        trainer.fit_loop.max_epochs = total_epochs(self.stages)
+        stage = self.stages[stage.index]
+        configs = trainer.lr_scheduler_configs
+        if configs and self.optim_stage == stage.index:  # the rest of the schedule, no warm-up
+            rest = dataclasses.replace(stage, epochs=stage.epochs - done, warmup_epochs=0.0)
+            steps = self._steps_per_epoch(rest, trainer)
+            built = build_scheduler(trainer.optimizers[0], rest, steps)
+            if built is not None and configs[0].interval == built["interval"]:
+                configs[0].scheduler = built["scheduler"]

@@ -322,6 +322,41 @@ class Planner:
         self.save()
         return epochs
 
+    def replan_running(self, stages: list[Stage], stage: Stage, epoch_s: float, done: int):
+        """New epochs for the running ``auto`` stage ``stage`` after its first ``done`` epochs,
+        from their measured ``epoch_s`` (the probe's estimate can be several times off for a
+        stage's own epochs: per-epoch overheads, a tail that runs faster than sampled), or None
+        to keep the plan. The stages after it are scaled by the same measured ratio."""
+        predicted = self.plan.rates.get("epoch_s", [])
+        if stage.index >= len(predicted) or epoch_s <= 0:
+            return None
+        ratio = min(max(epoch_s / max(predicted[stage.index], 1e-6), 0.2), 5.0)
+        b = self.budget
+        deadline = self.config.fill * b.seconds - b.elapsed() - b.reserve
+        caches = self.plan.rates.get("stage_cache_s", [0.0] * len(stages))
+        later = sum(
+            (predicted[s.index] * s.epochs + caches[s.index]) * ratio
+            for s in stages[stage.index + 1 :]
+        )
+        rest = replan_epochs(stage, epoch_s, deadline_s=deadline, later_s=later)
+        epochs = done + rest
+        if epochs == stage.epochs:
+            return None
+        log.info(
+            "budget plan: stage %r gets %d epochs instead of %d (after %d, its epochs take %.2f s, "
+            "%.2fx the estimate; %.0f s left for it)",
+            stage.name,
+            epochs,
+            stage.epochs,
+            done,
+            epoch_s,
+            ratio,
+            deadline - later,
+        )
+        self.plan.epochs[stage.name] = epochs
+        self.save()
+        return epochs
+
 
 class TimeBudget(pl.Callback):
     """Stop training when the run's :class:`Budget` is spent, keeping its ``reserve`` free.
