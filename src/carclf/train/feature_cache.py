@@ -45,7 +45,7 @@ from torch.utils.data import (
 from carclf import io, phases
 from carclf.data.dataset import MultiViewDataset, skip_none_collate
 from carclf.models.network import CarNet
-from carclf.train.planner import BudgetBatches
+from carclf.train.time_budget import BudgetBatches
 
 log = logging.getLogger(__name__)
 

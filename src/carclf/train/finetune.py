@@ -37,9 +37,10 @@ from torch.utils.data import DataLoader, SequentialSampler
 from carclf.data.dataset import skip_none_collate
 from carclf.train.cache_stage import CacheStage
 from carclf.train.optim import build_optimizer, build_scheduler, trainable_parameter_count
-from carclf.train.planner import FINISH_MARGIN, BudgetBatches, Plan, Planner
+from carclf.train.planner import FINISH_MARGIN, Plan, Planner
 from carclf.train.probe import finish_cost, measure_costs
 from carclf.train.stages import Stage, stage_at, total_epochs
+from carclf.train.time_budget import BudgetBatches
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class StagedFinetuning(pl.Callback):
 
     def _budget_val_loader(self, dm) -> DataLoader | None:
         """With a time budget, the DataModule's validation loader whose pass ends early past
-        it (:class:`~carclf.train.planner.BudgetBatches`); None: the DataModule's own."""
+        it (:class:`~carclf.train.time_budget.BudgetBatches`); None: the DataModule's own."""
         if self.planner is None or self.ddp_safe:
             return None
         ds = dm.dataset("val")

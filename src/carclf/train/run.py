@@ -39,10 +39,11 @@ from carclf.train.ema import EMA
 from carclf.train.finetune import StagedFinetuning
 from carclf.train.finish import FittedRun, finish
 from carclf.train.loggers import configured_callbacks, configured_loggers
-from carclf.train.planner import Budget, Planner, TimeBudget
+from carclf.train.planner import Budget, Planner
 from carclf.train.prefix_engine import check_engine
 from carclf.train.progress import progress_bar, quiet_third_party
 from carclf.train.stages import resolve_stages, total_epochs
+from carclf.train.time_budget import TimeBudget
 
 log = logging.getLogger(__name__)
 
