@@ -282,6 +282,19 @@ class Planner:
     def record_epoch(self, stage_index: int, seconds: float) -> None:
         self.epoch_log.append((stage_index, seconds))
 
+    def _time_left(self, stages: list[Stage], stage: Stage, ratio: float) -> tuple[float, float]:
+        """Seconds until the planned end of training, and the estimate for the stages after
+        ``stage`` (their epochs and caches scaled by the measured ``ratio``)."""
+        b = self.budget
+        deadline = self.config.fill * b.seconds - b.elapsed() - b.reserve
+        predicted = self.plan.rates.get("epoch_s", [])
+        caches = self.plan.rates.get("stage_cache_s", [0.0] * len(stages))
+        later = sum(
+            (predicted[s.index] * s.epochs + caches[s.index]) * ratio
+            for s in stages[stage.index + 1 :]
+        )
+        return deadline, later
+
     def replan(self, stages: list[Stage], stage: Stage) -> int | None:
         """New epochs for the ``auto`` stage ``stage`` from the time actually left (None: keep).
 
@@ -294,13 +307,7 @@ class Planner:
             sum(t for _, t in done) / max(sum(predicted[i] for i, _ in done), 1e-6) if done else 1.0
         )
         ratio = min(max(ratio, 0.2), 5.0)
-        b = self.budget
-        deadline = self.config.fill * b.seconds - b.elapsed() - b.reserve
-        caches = self.plan.rates.get("stage_cache_s", [0.0] * len(stages))
-        later = sum(
-            (predicted[s.index] * s.epochs + caches[s.index]) * ratio
-            for s in stages[stage.index + 1 :]
-        )
+        deadline, later = self._time_left(stages, stage, ratio)
         epochs = replan_epochs(
             stage, predicted[stage.index] * ratio, deadline_s=deadline, later_s=later
         )
@@ -328,13 +335,7 @@ class Planner:
         if stage.index >= len(predicted) or epoch_s <= 0:
             return None
         ratio = min(max(epoch_s / max(predicted[stage.index], 1e-6), 0.2), 5.0)
-        b = self.budget
-        deadline = self.config.fill * b.seconds - b.elapsed() - b.reserve
-        caches = self.plan.rates.get("stage_cache_s", [0.0] * len(stages))
-        later = sum(
-            (predicted[s.index] * s.epochs + caches[s.index]) * ratio
-            for s in stages[stage.index + 1 :]
-        )
+        deadline, later = self._time_left(stages, stage, ratio)
         rest = replan_epochs(stage, epoch_s, deadline_s=deadline, later_s=later)
         epochs = done + rest
         if epochs == stage.epochs:
