@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 from carclf.data.datamodule import CarDataModule
 from carclf.data.inputs import LabelMatcher, collect_inputs
 from carclf.data.tta import TTAPreset, merge_views
-from carclf.evaluate.calibration import expected_calibration_error
+from carclf.inference.calibration import expected_calibration_error
 from carclf.evaluate.metrics import accuracy, top_k_accuracy
 from carclf.inference import Classifier, find_model
 from carclf.inference.calibration import fit_temperature

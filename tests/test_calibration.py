@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from carclf.evaluate.calibration import expected_calibration_error, reliability_bins
+from carclf.inference.calibration import expected_calibration_error, reliability_bins
 from carclf.inference.calibration import fit_temperature, temperature_nll
 
 

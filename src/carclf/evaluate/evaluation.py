@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from carclf.data.classmaps import display_name
-from carclf.evaluate.calibration import ReliabilityBins, reliability_bins
+from carclf.inference.calibration import ReliabilityBins, reliability_bins
 from carclf.evaluate.metrics import (
     ClassReport,
     accuracy,

@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402
 
 from carclf.data.images import load_rgb  # noqa: E402
 from carclf.errors import ImageDecodeError  # noqa: E402
-from carclf.evaluate.calibration import ReliabilityBins  # noqa: E402
+from carclf.inference.calibration import ReliabilityBins  # noqa: E402
 
 
 def _png(fig) -> bytes:

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from carclf.inference.calibration import confidence_bins
+
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
 MUTED = (100, 100, 100)
@@ -225,14 +227,9 @@ def per_class_figure(acc: np.ndarray, support: np.ndarray, names: Sequence[str])
 def calibration_figure(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> np.ndarray:
     """Reliability curve (accuracy per confidence bin against the diagonal) and how many photos
     fall in each bin; the title has the expected calibration error."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.ceil(confidence * bins - 1e-9).astype(int) - 1, 0, bins - 1)
-    count = np.bincount(which, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        acc = np.bincount(which, weights=correct, minlength=bins) / count
-        conf = np.bincount(which, weights=confidence, minlength=bins) / count
+    b = confidence_bins(confidence, correct, bins)
+    count, acc, conf, ece = b.count, b.accuracy, b.confidence, b.ece
     used = count > 0
-    ece = float((np.abs(acc - conf)[used] * count[used]).sum() / max(1, count.sum()))
     fig = _canvas(5.2, 5.6)
     ax = fig.add_axes((0.13, 0.33, 0.82, 0.6))
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
@@ -241,6 +238,6 @@ def calibration_figure(confidence: np.ndarray, correct: np.ndarray, bins: int = 
     ax.set_title(f"Calibration on validation: ECE {ece:.3f}", fontsize=10, loc="left")
     ax.legend(loc="upper left", fontsize=8)
     hist = fig.add_axes((0.13, 0.08, 0.82, 0.17), sharex=ax)
-    hist.bar(edges[:-1], count, width=1 / bins, align="edge", color="#55a868", edgecolor="white")
+    hist.bar(b.lower, count, width=1 / bins, align="edge", color="#55a868", edgecolor="white")
     hist.set(xlabel="confidence (top-1 probability)", ylabel="photos")
     return _pixels(fig)

@@ -26,29 +26,13 @@ class SafeTensorBoardLogger(TensorBoardLogger):
     :meth:`guarded` runs any other write (images, text) under the same rule.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.failed: str | None = None
+    @property
+    def failed(self) -> str | None:
+        return getattr(self, FAILED, None)
 
     def guarded(self, write: Callable[..., Any], *args, **kwargs) -> Any:
-        """``write(*args, **kwargs)``, or nothing once a write has failed; an ``OSError`` is
-        logged (the first time) and switches TensorBoard off."""
-        if self.failed is not None:
-            return None
-        try:
-            return write(*args, **kwargs)
-        except Exception as e:
-            cause = os_error(e)
-            if cause is None:
-                raise
-            self.failed = f"{type(cause).__name__}: {cause}"
-            log.warning(
-                "TensorBoard: cannot write to %s (%s); TensorBoard logging is off for the rest "
-                "of this run, training goes on (the CSV log is kept)",
-                self.log_dir,
-                self.failed,
-            )
-            return None
+        """``write(*args, **kwargs)``, or nothing once a write has failed (see :func:`guarded`)."""
+        return guarded(self, write, *args, **kwargs)
 
     def log_metrics(self, metrics, step=None) -> None:
         self.guarded(super().log_metrics, metrics, step)
@@ -66,12 +50,15 @@ class SafeTensorBoardLogger(TensorBoardLogger):
         self.guarded(super().finalize, status)
 
 
+FAILED = "_carclf_failed"  # the first write failure, kept on the logger
+
+
 def guarded(logger: TensorBoardLogger, write: Callable[..., Any], *args, **kwargs) -> Any:
-    """Run a write for ``logger`` under :class:`SafeTensorBoardLogger`'s rule, also for a plain
-    TensorBoardLogger (which gets the same one-time warning, kept on the logger)."""
-    if isinstance(logger, SafeTensorBoardLogger):
-        return logger.guarded(write, *args, **kwargs)
-    if getattr(logger, "_carclf_failed", None):
+    """``write(*args, **kwargs)`` for ``logger``, or nothing once one of its writes has failed:
+    an ``OSError`` (also one Lightning wrapped) is logged the first time and switches
+    TensorBoard off for the rest of the run; any other error is raised. Works for a plain
+    TensorBoardLogger too (the failure is kept on the logger)."""
+    if getattr(logger, FAILED, None):
         return None
     try:
         return write(*args, **kwargs)
@@ -79,11 +66,12 @@ def guarded(logger: TensorBoardLogger, write: Callable[..., Any], *args, **kwarg
         cause = os_error(e)
         if cause is None:
             raise
-        logger._carclf_failed = f"{type(cause).__name__}: {cause}"
+        setattr(logger, FAILED, f"{type(cause).__name__}: {cause}")
         log.warning(
-            "TensorBoard: cannot write to %s (%s); summaries are off for the rest of this run",
+            "TensorBoard: cannot write to %s (%s); TensorBoard logging is off for the rest "
+            "of this run, training goes on (the CSV log is kept)",
             logger.log_dir,
-            logger._carclf_failed,
+            getattr(logger, FAILED),
         )
         return None
 
@@ -101,7 +89,7 @@ def os_error(e: BaseException) -> OSError | None:
 
 
 def failed(logger: TensorBoardLogger) -> bool:
-    return bool(getattr(logger, "failed", None) or getattr(logger, "_carclf_failed", None))
+    return bool(getattr(logger, FAILED, None))
 
 
 def find_tensorboard(trainer) -> TensorBoardLogger | None:
