@@ -1,21 +1,24 @@
-"""Batch inference: carclf.batch (Ray Data) vs predict.py, peak memory, and kills.
+"""Batch inference: carclf.batch (local runner, local Ray, a multi-node Ray cluster) vs predict.py.
 
-    .venv/bin/python benchmarks/bench_batch.py [--model BUNDLE] [--pool N] [--no-kills]
+    .venv/bin/python benchmarks/bench_batch.py [--model BUNDLE] [--pool 20000] [--batch-size 8]
 
-Measures, on stanford-cars-dev's 617 ``test_upload`` photos and on a pool of N links to them under
-new names (the decode and model work of N distinct photos, without N copies on disk):
+Prints two tables (results also in outputs/bench/batch/results.json):
 
-* images/s of ``predict.py tta=none`` (one process: DataLoader decode + ONNX Runtime) and of
-  ``python -m carclf.batch`` with 1 and 2 local workers, end to end (command start to exit, Ray
-  start-up and model loads included) and in the pipeline alone (the batch job's own report);
-* raw ONNX Runtime throughput (preprocessed tensors in, logits out, batch 16), the ceiling;
-* peak memory: the largest sum of PSS (proportional set size: shared pages such as Ray's object
-  store counted once) over the command's process tree, sampled every 0.25 s;
-* rows lost or duplicated (617 photos) after one model actor is SIGKILLed mid-run (Ray restarts it and
-  retries its tasks), and after the whole job (driver and its local Ray) is SIGKILLed and rerun.
+1. One box, on a pool of N photos: raw ONNX Runtime (preprocessed tensors, batch 16), the
+   *ceiling* (decode + ONNX Runtime in one process, serially, at the job's batch size and
+   decode: what the job would do with no pipeline overhead and no overlap), ``predict.py
+   tta=none``, ``carclf.batch`` (local runner, no Ray) and ``carclf.batch --ray`` (a local Ray);
+   images/s end to end (command start to exit) and in the pipeline (the tool's own report), peak
+   memory (largest sum of PSS over the command's process tree, sampled every 0.25 s).
+2. A real Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head with no CPUs and
+   worker nodes of one CPU each, separate raylet processes, each node's processes pinned to its
+   own core): the job submitted with ``--address`` on 1 and 2 worker nodes (images/s, per node,
+   scaling efficiency), then on 2 nodes with one node's raylet SIGKILLed once 10% of the parts
+   are written (rows, lost, duplicated).
 
-Every figure is only meaningful beside the box's load, which is printed with it. The model is
-``--model`` (any bundle with model.onnx is fine: speed does not depend on training), else a
+The pool: stanford-cars-dev (test_upload + train) and stanford-cars-scale photos, listed again
+and again under distinct names (symlinks) up to N: the decode and model work of N distinct
+photos without N copies on disk. The model is ``--model`` (any bundle with model.onnx), else a
 stand-in: Lite0 (ImageNet weights) at 224 px with an untrained 49-class head, exported to ONNX.
 """
 
@@ -137,20 +140,19 @@ def run_measured(cmd: list[str], on_tick=None, timeout: float = 3600) -> dict:
     }
 
 
-def batch_cmd(model: Path, inputs: Path, out: Path, workers: int) -> list[str]:
+def batch_cmd(model: Path, inputs: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "carclf.batch", str(model), str(inputs), str(out),
-            "--workers", str(workers), "--no-progress"]  # fmt: skip
+            "--no-progress", *extra]  # fmt: skip
 
 
-def batch_run(model: Path, inputs: Path, out: Path, workers: int, n: int) -> dict:
+def batch_run(what: str, model: Path, inputs: Path, out: Path, n: int, *extra: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    r = run_measured(batch_cmd(model, inputs, out, workers))
+    r = run_measured(batch_cmd(model, inputs, out, *extra))
     m = re.search(r"wrote (\d+) in ([\d.]+) s \(([\d.]+) images/s", r["out"])
     if r["rc"] != 0 or not m:
         raise RuntimeError(f"batch run failed:\n{r['out'][-3000:]}")
-    return {"what": f"carclf.batch, {workers} worker(s)", "images": n, "load": load(),
-            "end_to_end": n / r["wall_s"], "pipeline": float(m.group(3)),
-            "wall_s": r["wall_s"], "peak_mb": r["peak_mb"]}  # fmt: skip
+    return {"what": what, "images": n, "load": load(), "end_to_end": n / r["wall_s"],
+            "pipeline": float(m.group(3)), "wall_s": r["wall_s"], "peak_mb": r["peak_mb"]}  # fmt: skip
 
 
 def predict_run(model: Path, data: Path, n: int) -> dict:
@@ -167,28 +169,109 @@ def predict_run(model: Path, data: Path, n: int) -> dict:
 
 def raw_onnx(model: Path, photos: list[Path], seconds: float = 8.0) -> dict:
     """Images/s of ONNX Runtime alone on preprocessed tensors, batch 16, default threads."""
-    import torch
+    from carclf.batch.engine import Engine, decode
+    from carclf.batch.pipeline import model_spec
+    from carclf.inference.onnx_backend import default_threads
 
-    from carclf.data.images import load_rgb
-    from carclf.data.presets import EvalPreset
-    from carclf.inference.onnx_backend import OnnxBackend, default_threads
-    from carclf.models.bundle import read_meta
+    spec = model_spec(model, "auto", "cpu", 5, True)
+    engine = Engine(spec, default_threads())
+    import numpy as np
 
-    meta = read_meta(model)
-    preset = EvalPreset(size=meta.image_size, mean=meta.mean, std=meta.std, resize=meta.resize)
-    x = torch.stack([preset(load_rgb(p)) for p in photos[:16]])
-    backend = OnnxBackend(model / "model.onnx")
-    backend(x)
+    x = np.stack([decode(str(p), spec.size, spec.resize)[0] for p in photos[:16]])
+    engine.answer(x)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        backend(x)
+        engine.answer(x)
         n += len(x)
     rate = n / (time.perf_counter() - start)
-    return {"what": f"raw ONNX Runtime, batch 16, {default_threads()} threads", "load": load(),
-            "pipeline": rate}  # fmt: skip
+    return {"what": f"raw ONNX Runtime, batch 16, {default_threads()} threads (no decode)",
+            "load": load(), "pipeline": rate}  # fmt: skip
 
 
-# -- kills -----------------------------------------------------------------------------------------
+def ceiling(model: Path, photos: list[Path], batch: int, n: int = 1500) -> dict:
+    """Decode + ONNX Runtime in one process, serially, at the job's batch size and decode."""
+    import numpy as np
+
+    from carclf.batch.engine import Engine, decode
+    from carclf.batch.pipeline import model_spec
+    from carclf.inference.onnx_backend import default_threads
+
+    spec = model_spec(model, "auto", "cpu", 5, True)
+    engine = Engine(spec, default_threads())
+    engine.answer(np.stack([decode(str(p), spec.size, spec.resize)[0] for p in photos[:batch]]))
+    todo = [str(photos[i % len(photos)]) for i in range(n)]
+    start = time.perf_counter()
+    for i in range(0, n, batch):
+        engine.answer(np.stack([decode(p, spec.size, spec.resize)[0] for p in todo[i : i + batch]]))
+    rate = n / (time.perf_counter() - start)
+    return {"what": f"ceiling: decode + ONNX Runtime, one process, batch {batch}", "images": n,
+            "load": load(), "pipeline": rate}  # fmt: skip
+
+
+def pool_photos(n: int) -> tuple[Path, list[Path]]:
+    """N symlinks to the real photos of stanford-cars-dev and -scale under distinct names."""
+    shared = ROOT.parent / "shared/data"
+    real = sorted((shared / "stanford-cars-dev").rglob("*.jpg"))
+    real += sorted((shared / "stanford-cars-scale").rglob("*.jpg"))
+    pool = WORK / f"pool-{n}"
+    if not (pool.is_dir() and len(os.listdir(pool)) == n):
+        shutil.rmtree(pool, ignore_errors=True)
+        pool.mkdir(parents=True)
+        for i in range(n):
+            src = real[i % len(real)]
+            (pool / f"{i:06d}{src.suffix}").symlink_to(src.resolve())
+    return pool, real
+
+
+# -- a multi-node cluster on this machine -----------------------------------------------------------
+def pin(node, core: int) -> None:
+    """Pin a node's raylet and every process under it to one core (children inherit it)."""
+    from ray._private import ray_constants
+
+    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    for p in tree(raylet):
+        try:
+            os.sched_setaffinity(p, {core})
+        except OSError:
+            pass
+
+
+def cluster_run(model, pool, n, nodes: int, kill: bool = False) -> dict:
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    head = {"num_cpus": 0, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    cores = sorted(os.sched_getaffinity(0))
+    out = WORK / f"out-cluster-{nodes}{'-kill' if kill else ''}"
+    shutil.rmtree(out, ignore_errors=True)
+    killed = []
+    try:
+        workers = [cluster.add_node(num_cpus=1) for _ in range(nodes)]
+        cluster.wait_for_nodes()
+        for i, node in enumerate(workers):
+            pin(node, cores[i % len(cores)])
+
+        def tick(job):
+            parts = out / "predictions"
+            if kill and not killed and parts.is_dir():
+                if len(list(parts.glob("r*.parquet"))) * 512 >= 0.1 * n:
+                    pid = workers[1].all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+                    os.kill(pid, signal.SIGKILL)  # a raylet of the cluster this script started
+                    killed.append(pid)
+            return False
+
+        r = run_measured(batch_cmd(model, pool, out, "--address", cluster.address), on_tick=tick)
+    finally:
+        cluster.shutdown()
+    m = re.search(r"wrote (\d+) in ([\d.]+) s \(([\d.]+) images/s", r["out"])
+    row = {"what": f"{nodes} worker node(s) x 1 CPU" + (", one node's raylet SIGKILLed at 10%" if kill else ""),
+           "nodes": nodes, "images": n, "load": load(), "rc": r["rc"],
+           "pipeline": float(m.group(3)) if m else None, "end_to_end": n / r["wall_s"],
+           "killed": len(killed), **count(out, [p.name for p in pool.iterdir()])}  # fmt: skip
+    return row
+
+
 def count(out: Path, ids) -> dict:
     from carclf.batch.output import read_predictions
 
@@ -197,104 +280,61 @@ def count(out: Path, ids) -> dict:
             "lost": int(len(set(ids) - set(df["id"])))}  # fmt: skip
 
 
-def worker_kill(model: Path, inputs: Path, out: Path, ids) -> dict:
-    """SIGKILL the model actor once some rows are committed; the job must still finish whole."""
-    from carclf.batch.output import done_ids
-
-    shutil.rmtree(out, ignore_errors=True)
-    killed: list[int] = []
-
-    def tick(job):
-        if not killed and len(done_ids(out)) >= 0.1 * len(ids):
-            actors = [p for p in tree(job.pid) if "Predictor" in cmdline(p)]
-            for p in actors[:1]:
-                os.kill(p, signal.SIGKILL)  # a Ray worker process of the job started above
-                killed.append(p)
-        return False
-
-    r = run_measured(batch_cmd(model, inputs, out, 1), on_tick=tick)
-    return {"what": "one model actor SIGKILLed at 10%", "killed": len(killed), "rc": r["rc"],
-            **count(out, ids)}  # fmt: skip
-
-
-def job_kill(model: Path, inputs: Path, out: Path, ids) -> dict:
-    """SIGKILL the whole job (driver + its local Ray) at ~30%, then rerun the same command."""
-    from carclf.batch.output import done_ids
-
-    shutil.rmtree(out, ignore_errors=True)
-    r1 = run_measured(batch_cmd(model, inputs, out, 1),
-                      on_tick=lambda job: len(done_ids(out)) >= 0.3 * len(ids))  # fmt: skip
-    before = len(done_ids(out))
-    r2 = run_measured(batch_cmd(model, inputs, out, 1))
-    m = re.search(r"(\d+) were already done", r2["out"])
-    return {"what": "whole job SIGKILLed at ~30%, rerun", "killed_rc": r1["rc"],
-            "committed_before_rerun": before, "skipped_by_rerun": int(m.group(1)) if m else None,
-            "rc": r2["rc"], **count(out, ids)}  # fmt: skip
-
-
-def make_pool(photos: list[Path], n: int) -> Path:
-    pool = WORK / f"pool-{n}"
-    if pool.is_dir() and len(list(pool.iterdir())) == n:
-        return pool
-    shutil.rmtree(pool, ignore_errors=True)
-    pool.mkdir(parents=True)
-    for i in range(n):
-        src = photos[i % len(photos)]
-        (pool / f"{i:06d}{src.suffix}").symlink_to(src.resolve())
-    return pool
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", type=Path, help="bundle with model.onnx (default: a stand-in)")
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--pool", type=int, default=20000, help="photos in the pool of links (20000)")
-    p.add_argument("--no-kills", action="store_true", help="skip the kill runs")
-    p.add_argument("--no-pool", action="store_true", help="skip the pool runs")
+    p.add_argument("--batch-size", type=int, default=8, help="the job's --batch-size (8)")
+    p.add_argument("--no-cluster", action="store_true", help="skip the multi-node table")
+    p.add_argument("--no-box", action="store_true", help="skip the one-box table")
     args = p.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     model = args.model or stand_in_bundle(WORK / "stand-in", args.data)
-    test = args.data / "test_upload"
-    photos = sorted(test.glob("*.jpg"))
-    print(f"model {model}; {len(photos)} test photos; load {load()}", flush=True)
-
-    rows = [raw_onnx(model, photos)]
-    print(rows[-1], flush=True)
-    rows.append(predict_run(model, args.data, len(photos)))
-    print(rows[-1], flush=True)
-    for w in (1, 2):
-        rows.append(batch_run(model, test, WORK / f"out-617-w{w}", w, len(photos)))
-        print(rows[-1], flush=True)
-    kills = []
-    if not args.no_pool:
-        pool = make_pool(photos, args.pool)
-        rows.append(predict_run(model, pool, args.pool))
-        print(rows[-1], flush=True)
-        for w in (1, 2):
-            rows.append(batch_run(model, pool, WORK / f"out-pool-w{w}", w, args.pool))
-            print(rows[-1], flush=True)
-    if not args.no_kills:
-        from carclf.batch.inputs import list_inputs
-
-        ids = list_inputs([test])["id"].tolist()
-        kills.append(worker_kill(model, test, WORK / "out-kill-worker", ids))
-        print(kills[-1], flush=True)
-        kills.append(job_kill(model, test, WORK / "out-kill-job", ids))
-        print(kills[-1], flush=True)
-    (WORK / "results.json").write_text(json.dumps({"rows": rows, "kills": kills}, indent=2))
-
+    pool, real = pool_photos(args.pool)
     print(
-        "\n| run | images | load (1/5/15 min) | images/s end to end | images/s pipeline | peak MB |"
+        f"model {model}; pool of {args.pool} ({len(real)} real photos); load {load()}", flush=True
     )
-    print("|---|---|---|---|---|---|")
-    for r in rows:
+    box, nodes = [], []
+    bs = ["--batch-size", str(args.batch_size)]
+    if not args.no_box:
+        for f in (lambda: raw_onnx(model, real), lambda: ceiling(model, real, args.batch_size),
+                  lambda: predict_run(model, pool, args.pool),
+                  lambda: batch_run("carclf.batch (local, no Ray)", model, pool, WORK / "out-local", args.pool, *bs),
+                  lambda: batch_run("carclf.batch --ray (local Ray)", model, pool, WORK / "out-ray", args.pool, "--ray", *bs)):  # fmt: skip
+            box.append(f())
+            print(box[-1], flush=True)
+    if not args.no_cluster:
+        for k, kill in ((1, False), (2, False), (2, True)):
+            nodes.append(cluster_run(model, pool, args.pool, k, kill))
+            print(nodes[-1], flush=True)
+    (WORK / "results.json").write_text(json.dumps({"box": box, "cluster": nodes}, indent=2))
+    print_tables(box, nodes)
+    return 0
+
+
+def print_tables(box: list[dict], nodes: list[dict]) -> None:
+    ceil = next((r["pipeline"] for r in box if r["what"].startswith("ceiling")), None)
+    pred = next((r["pipeline"] for r in box if r["what"].startswith("predict.py")), None)
+    print("\n| run | photos | load (1/5/15 min) | images/s end to end | images/s pipeline "
+          "| of ceiling | of predict.py | peak MB |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    for r in box:
         e2e = f"{r['end_to_end']:.1f}" if "end_to_end" in r else "-"
         peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else "-"
+        of_c = f"{r['pipeline'] / ceil:.0%}" if ceil and "end_to_end" in r else "-"
+        of_p = f"{r['pipeline'] / pred:.0%}" if pred and "end_to_end" in r else "-"
         print(f"| {r['what']} | {r.get('images', '-')} | {r['load']} | {e2e} | "
-              f"{r['pipeline']:.1f} | {peak} |")  # fmt: skip
-    for k in kills:
-        print(k)
-    return 0
+              f"{r['pipeline']:.1f} | {of_c} | {of_p} | {peak} |")  # fmt: skip
+    if not nodes:
+        return
+    one = next((r["pipeline"] for r in nodes if r["nodes"] == 1 and not r["killed"]), None)
+    print("\n| cluster | photos | images/s pipeline | per node | efficiency | rows | lost | "
+          "duplicated | exit |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    for r in nodes:
+        rate = r["pipeline"] or 0.0
+        eff = f"{rate / (r['nodes'] * one):.0%}" if one else "-"
+        print(f"| {r['what']} | {r['images']} | {rate:.1f} | {rate / r['nodes']:.1f} | {eff} | "
+              f"{r['rows']} | {r['lost']} | {r['duplicated']} | {r['rc']} |")  # fmt: skip
 
 
 if __name__ == "__main__":

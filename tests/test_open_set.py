@@ -277,17 +277,16 @@ def test_the_service_says_unknown_with_the_closest_guesses(tmp_path_factory, pho
         assert c.get("/ready").json()["open_set"] is None
 
 
-def test_batch_stage_writes_the_flag(open_bundle, photos):
-    pytest.importorskip("ray")
-    from carclf.batch.stages import SCHEMA, Predictor, decode
+def test_batch_engine_writes_the_flag(open_bundle, photos):
+    from concurrent.futures import ThreadPoolExecutor
 
-    meta = read_meta(open_bundle)
-    rows = {
-        "id": np.array([p.name for p in photos[:4]]),
-        "path": np.array(list(map(str, photos[:4]))),
-    }
-    batch = decode(rows, size=meta.image_size, mean=meta.mean, std=meta.std, resize=meta.resize)
-    table = Predictor(str(open_bundle), "auto", "cpu", threads=1, top_k=3)(batch)
+    from carclf.batch.engine import SCHEMA, Engine, predict_rows
+    from carclf.batch.pipeline import model_spec
+
+    spec = model_spec(open_bundle, "auto", "cpu", 3, draft=False)
+    ids, paths = [p.name for p in photos[:4]], list(map(str, photos[:4]))
+    with ThreadPoolExecutor(1) as pool:
+        table = predict_rows(Engine(spec, 1), ids, paths, pool, batch_size=4)
     assert table.schema == SCHEMA
     want = Classifier.load(open_bundle).predict(photos[:4])
     df = table.to_pandas()

@@ -11,8 +11,8 @@ from carclf.cli import exit_code, main_exit
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="carclf batch",
-        description="Predict many photos with Ray Data into Parquet files; rerun the same "
-        "command after a crash to finish the rest (no input is written twice).",
+        description="Predict many photos into Parquet files, on this machine or a Ray cluster; "
+        "rerun the same command after a crash to finish the rest (no input is written twice).",
     )
     p.add_argument("model", help="bundle folder, training run folder, or .ckpt checkpoint")
     p.add_argument(
@@ -21,11 +21,28 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="a folder, a zip, a CSV of paths, or Parquet files of paths (globs allowed)",
     )
     p.add_argument("output", help="folder of Parquet files (created; reused by a rerun)")
-    p.add_argument(
-        "--address",
-        help="Ray cluster to join (auto, ray://head:10001); default: a local Ray on this machine",
+    where = p.add_argument_group("where it runs (default: this machine, one process, no Ray)")
+    where.add_argument("--address", help="Ray cluster to run on: auto, HOST:PORT, ray://HOST:10001")
+    where.add_argument(
+        "--ray", action="store_true", help="run on a local Ray started for the job (no --address)"
     )
-    p.add_argument("--workers", type=int, default=1, help="model actors (default 1)")
+    where.add_argument(
+        "--workers", type=int, help="Ray: tasks at a time (default: one per CPU of the cluster)"
+    )
+    where.add_argument(
+        "--threads",
+        type=int,
+        help="ONNX Runtime threads (default: local, the CPUs up to 8; Ray, 1 per task and CPU)",
+    )
+    where.add_argument(
+        "--decoders", type=int, help="local: photo decoding threads (default: the CPUs)"
+    )
+    where.add_argument(
+        "--num-cpus", type=int, help="CPUs to use here (local runner or local Ray; default: all)"
+    )
+    where.add_argument(
+        "--object-store-mb", type=int, help="object store of a local Ray (default: 128)"
+    )
     p.add_argument(
         "--backend",
         choices=("auto", "onnx", "int8", "torch"),
@@ -34,17 +51,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: PyTorch on GPUs")
     p.add_argument("--top-k", type=int, default=5, help="classes per photo (5)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per model call (16)")
-    p.add_argument(
-        "--num-cpus", type=int, help="CPUs of the local Ray (default: all this process may use)"
-    )
-    p.add_argument(
-        "--object-store-mb", type=int, help="object store of the local Ray (default: Ray's)"
-    )
+    p.add_argument("--batch-size", type=int, default=8, help="images per model call (8)")
     p.add_argument(
         "--rows-per-block",
         type=int,
-        help="inputs per Ray read block and output file (default: about 4 blocks per CPU, <= 1024)",
+        help="inputs per part: one output file, one Ray task (default: ~4 per CPU, <= 512)",
+    )
+    p.add_argument(
+        "--no-draft",
+        action="store_true",
+        help="decode JPEGs at full size (default: drafted to the model's size while decoding)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -52,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """0 when every input has exactly one row; 1 when some are missing or duplicated; 2 (one line
-    on stderr) for bad input, before Ray starts."""
+    on stderr) for bad input or a cluster that does not answer."""
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return exit_code(lambda: _run(args))
@@ -66,7 +82,10 @@ def _run(args) -> int:
         args.input,
         args.output,
         address=args.address,
+        ray=args.ray,
         workers=args.workers,
+        threads=args.threads,
+        decoders=args.decoders,
         backend=args.backend,
         device=args.device,
         top_k=args.top_k,
@@ -74,6 +93,7 @@ def _run(args) -> int:
         rows_per_block=args.rows_per_block,
         num_cpus=args.num_cpus,
         object_store_mb=args.object_store_mb,
+        draft=not args.no_draft,
         progress=not args.no_progress,
     )
     print(report.format(), flush=True)

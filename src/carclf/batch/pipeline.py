@@ -1,46 +1,47 @@
-"""``run_batch``: predict every input photo with Ray Data, resumably, exactly once.
+"""``run_batch``: predict every input photo, resumably, exactly once, here or on a Ray cluster.
 
-The pipeline is Ray Data's own streaming engine, not a scheduler of ours::
+Steps, top to bottom::
 
-    read_parquet(_inputs)  ->  map_batches(decode)      CPU tasks: read, decode, eval preset
-                           ->  map_batches(Predictor)   actor pool: ONNX Runtime / PyTorch
-                           ->  write_parquet(predictions)
+    model spec   the bundle read once (contract, labels, open set, model id/version)
+    listing      INPUT streamed into parts under OUTPUT/_inputs, ids already written skipped
+    runner       local (one process, no Ray; the default) or Ray (``--ray``, ``--address``)
+    summary      rows, unreadable, missing and duplicated ids against the listing
 
-with Ray Data's checkpointing on the ``id`` column (see :mod:`carclf.batch.output`), so a rerun
-after any crash writes only the rows still missing. Ray retries the tasks of a worker process that
-died and restarts its actors; the rows of the write tasks it lost are written once, by the retry.
-
-Without ``address`` the command starts a local Ray on this machine, sized to it (or to
-``num_cpus``), and stops it at the end. With ``address`` (``auto``, ``ray://head:10001``) it joins
-that cluster: every node then needs carclf installed and must see MODEL, the photos and OUTPUT at
-the same paths (a shared file system).
+Both runners write the same part files (:mod:`carclf.batch.output`), so a job can be resumed by
+either. On one machine the local runner is the fast one: Ray's daemons, its worker processes and
+their start-up buy nothing there but the ability to lose a node (BENCHMARKS.md has the figures).
+With ``address`` (``auto``, ``HOST:PORT``, ``ray://head:10001``) the job joins that cluster:
+every node then needs carclf installed and must see MODEL, the photos and OUTPUT at the same
+paths (a shared file system, or photo URIs such as ``s3://``).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from carclf.batch.inputs import list_inputs
+from carclf.batch.engine import ModelSpec
+from carclf.batch.inputs import CHUNK, iter_inputs
 from carclf.batch.output import (
-    CHECKPOINT,
-    PREDICTIONS,
     Manifest,
     Summary,
-    done_ids,
     model_id,
+    model_version,
     prepare,
     summarize,
     write_inputs,
 )
-from carclf.errors import CarclfError
-from carclf.inference.loading import find_model, int8_model, model_meta
-from carclf.models.bundle import BundleMeta
+from carclf.errors import CarclfError, ModelError
+from carclf.inference.loading import find_model, int8_model, int8_open_set, model_meta
+from carclf.inference.onnx_backend import ONNX_FILE, available_cpus
 
 log = logging.getLogger(__name__)
+
+MAX_PART_ROWS = 512  # inputs per part (one output file, one Ray task)
 
 
 class BatchError(CarclfError):
@@ -54,7 +55,7 @@ class BatchReport:
     skipped: int  # inputs already written by an earlier run
     predicted: int  # rows written by this run
     seconds: float
-    workers: int
+    runner: str  # "local" or "ray (N CPUs)"
     backend: str
 
     @property
@@ -64,130 +65,64 @@ class BatchReport:
     def format(self) -> str:
         return (
             f"{self.output}: {self.summary.format()}; this run wrote {self.predicted} in "
-            f"{self.seconds:.1f} s ({self.images_per_second:.1f} images/s, {self.workers} "
-            f"{self.backend} worker(s)), {self.skipped} were already done"
+            f"{self.seconds:.1f} s ({self.images_per_second:.1f} images/s, {self.runner}, "
+            f"{self.backend}), {self.skipped} were already done"
         )
 
 
-# An actor holds PyTorch, the model, its ONNX Runtime session and a few batches: measured 555 MiB
-# for Lite0 (Ray Data's memory report). Asking for it also keeps decoding in its own CPU tasks: Ray Data fuses a task stage
-# into the next actor stage when their resource requests are the same.
-ACTOR_MEMORY = 768 * 2**20
-INPUT_ROWS_PER_FILE = 100_000  # of the input list under OUTPUT/_inputs
-
-
-def start_ray(address: str | None, num_cpus: int | None, object_store_mb: int | None) -> bool:
-    """Connect to ``address`` or start a local Ray; True when this call started it.
-
-    A local Ray gets one logical CPU more than the cores it may use: a rerun adds Ray Data's
-    checkpoint filter actor, which asks for a whole CPU yet idles (it drops done ids from each
-    input block), and without that CPU the decode tasks would wait behind it forever.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except Exception as e:  # ConnectionError, TimeoutError, RuntimeError...
-            raise BatchError(f"--address {address}: cannot join the Ray cluster ({e})") from None
-        return True
-    from carclf.inference.onnx_backend import available_cpus
-
-    ray.init(
-        num_cpus=(num_cpus or available_cpus()) + 1,
-        object_store_memory=object_store_mb * 2**20 if object_store_mb else None,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    return True
-
-
-def plan_resources(workers: int, device: str, local: bool) -> tuple[dict, int]:
-    """(Ray resources of each model actor, threads per actor) for ``workers`` actors.
-
-    Actors ask for at most one CPU each and leave at least one for the decode tasks (and, on a
-    local Ray, the checkpoint filter's), which would otherwise wait behind them forever.
-    """
-    import ray
-
-    cpus = float(ray.cluster_resources().get("CPU", 1)) - (1 if local else 0)
-    threads = max(1, int(cpus) // workers)
-    if device == "cuda":
-        return {"num_gpus": 1, "num_cpus": 1, "memory": ACTOR_MEMORY}, threads
-    per_actor = min(1.0, max(cpus - 1, 0.5) / workers)
-    return {"num_cpus": per_actor, "memory": ACTOR_MEMORY}, threads
-
-
-def check_options(workers: int, top_k: int, batch_size: int, rows_per_block, device: str) -> None:
+def check_options(top_k: int, batch_size: int, rows_per_block, device: str, **counts) -> None:
     """A BatchError naming the first option that cannot work."""
-    for name, value in (("workers", workers), ("top-k", top_k), ("batch-size", batch_size)):
-        if value < 1:
-            raise BatchError(f"--{name} {value}: need at least 1")
+    for name, value in (("top-k", top_k), ("batch-size", batch_size), *counts.items()):
+        if value is not None and value < 1:
+            raise BatchError(f"--{name.replace('_', '-')} {value}: need at least 1")
     if rows_per_block is not None and rows_per_block < 1:
         raise BatchError(f"--rows-per-block {rows_per_block}: need at least 1")
     if device not in ("cpu", "cuda"):
         raise BatchError(f"--device {device!r}: choose cpu or cuda")
 
 
-def use_checkpoint(out: Path, progress: bool) -> None:
-    """Ray Data's exactly-once checkpoint on the ``id`` column, kept after success."""
-    import ray.data
-    from ray.data.checkpoint import CheckpointConfig
+def model_spec(model, backend: str, device: str, top_k: int, draft: bool) -> ModelSpec:
+    """The worker's view of the model (fails here, once, for a missing model or int8 file)."""
+    from carclf.data.classmaps import display_name
+    from carclf.inference.open_set import load_open_set
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    ctx.checkpoint_config = CheckpointConfig(
-        id_column="id",
-        checkpoint_path=str(out / CHECKPOINT),
-        delete_checkpoint_on_success=False,  # a rerun after success must skip everything
+    target = find_model(model)
+    meta = model_meta(target)
+    onnx, open_set = None, None
+    if backend == "int8":
+        onnx, open_set = int8_model(target), int8_open_set(target, meta)
+    elif target.is_dir() and backend in ("auto", "onnx"):
+        if (target / ONNX_FILE).is_file() and (backend == "onnx" or device == "cpu"):
+            onnx, open_set = target / ONNX_FILE, load_open_set(target, meta)
+        elif backend == "onnx":
+            raise ModelError(f"{target}: no model.onnx; run: python -m carclf.export {target}")
+    local = meta.class_names_local or [None] * meta.num_classes
+    return ModelSpec(
+        model=str(target),
+        onnx=str(onnx) if onnx else None,
+        backend=backend,
+        device=device,
+        size=meta.image_size,
+        mean=tuple(meta.mean),
+        std=tuple(meta.std),
+        resize=meta.resize,
+        temperature=float(meta.temperature),
+        labels=[str(v) for v in meta.label_values],
+        names=[display_name(n, lo) for n, lo in zip(meta.class_names, local, strict=True)],
+        open_set=open_set,
+        model_id=model_id(meta),
+        model_version=model_version(meta),
+        top_k=top_k,
+        draft=draft,
     )
 
 
-def predict_files(
-    files: list[str],
-    out: Path,
-    target: Path,
-    meta: BundleMeta,
-    *,
-    per_block: int,
-    batch_size: int,
-    workers: int,
-    actor: dict,
-    predictor: dict,
-) -> None:
-    """Read the input list, decode, predict and write Parquet: the one Ray Data pipeline."""
-    import ray.data
-
-    from carclf.batch.stages import Predictor, decode
-
-    preset = {"size": meta.image_size, "mean": list(meta.mean), "std": list(meta.std)}
-    (
-        ray.data.read_parquet(files)
-        # Ray reads small files into one block; blocks of ``per_block`` rows let decoding,
-        # prediction and writing overlap, and make each output file (and commit) small.
-        .repartition(target_num_rows_per_block=per_block)
-        .map_batches(
-            decode,
-            batch_size=batch_size,
-            batch_format="numpy",
-            num_cpus=1,
-            fn_kwargs={**preset, "resize": meta.resize},
-        )
-        .map_batches(
-            Predictor,
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            fn_constructor_kwargs={"model": str(target), **predictor},
-            **actor,
-        )
-        # Writing a Parquet file is mostly I/O: a small CPU share lets each block be written
-        # (and committed) as soon as it is predicted, not after all decoding is done.
-        .write_parquet(str(out / PREDICTIONS), ray_remote_args={"num_cpus": 0.1})
-    )
+def part_rows(first_chunk: int, cpus: int, batch_size: int) -> int:
+    """Inputs per part: about 4 parts per CPU for a small job (balanced across workers), at most
+    :data:`MAX_PART_ROWS` (a part is the work lost and redone with a lost node)."""
+    if first_chunk >= CHUNK:  # a long listing: its length is not known yet, nor needed
+        return MAX_PART_ROWS
+    return min(MAX_PART_ROWS, max(batch_size, -(-first_chunk // (4 * cpus))))
 
 
 def run_batch(
@@ -196,58 +131,81 @@ def run_batch(
     output: str | os.PathLike,
     *,
     address: str | None = None,
-    workers: int = 1,
+    ray: bool = False,
+    workers: int | None = None,
+    threads: int | None = None,
+    decoders: int | None = None,
     backend: str = "auto",
     device: str = "cpu",
     top_k: int = 5,
-    batch_size: int = 16,
+    batch_size: int = 8,
     rows_per_block: int | None = None,
     num_cpus: int | None = None,
     object_store_mb: int | None = None,
+    draft: bool = True,
     progress: bool = True,
 ) -> BatchReport:
-    """Predict ``inputs`` with ``model`` into Parquet files under ``output``.
+    """Predict ``inputs`` with ``model`` into Parquet parts under ``output``.
 
     Raises:
-        ModelError / DataError / OutputError / BatchError: a clear one-line reason.
+        ModelError / DataError / OutputError / BatchError / ClusterError: a one-line reason.
     """
-    check_options(workers, top_k, batch_size, rows_per_block, device)
-    target = find_model(model)  # a missing model fails before Ray starts
-    meta = model_meta(target)
-    if backend == "int8":  # fails now, not in every actor
-        int8_model(target)
+    check_options(top_k, batch_size, rows_per_block, device, workers=workers, threads=threads,
+                  decoders=decoders, num_cpus=num_cpus)  # fmt: skip
+    spec = model_spec(model, backend, device, top_k, draft)  # a missing model fails first
     out = Path(output).expanduser().resolve()
-    rows = list_inputs(list(inputs))
-    prepare(out, Manifest(str(model), model_id(meta), backend, top_k))
-    skipped = len(done_ids(out) & set(rows["id"]))
+    chunks = iter_inputs(list(inputs))
+    first = next(chunks)  # a missing or empty input fails before Ray starts
+    prepare(out, Manifest(str(model), spec.model_id, backend, top_k))
+    use_ray = ray or address is not None
+    started = False
+    if use_ray:
+        from carclf.batch.cluster import start_ray
 
-    started = start_ray(address, num_cpus, object_store_mb)
+        started = start_ray(address, num_cpus, object_store_mb)
     try:
-        import ray
-
-        use_checkpoint(out, progress)
-        actor, threads = plan_resources(workers, device, local=started and not address)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        per_block = rows_per_block or min(1024, max(batch_size, len(rows) // (4 * cpus) or 1))
-        files = write_inputs(out, rows, INPUT_ROWS_PER_FILE)
-        log.info("%d inputs, %d already done; %d worker(s)", len(rows), skipped, workers)
-        start = time.perf_counter()
-        predict_files(
-            files,
-            out,
-            target,
-            meta,
-            per_block=per_block,
-            batch_size=batch_size,
-            workers=workers,
-            actor=actor,
-            predictor={"backend": backend, "device": device, "threads": threads, "top_k": top_k},
-        )
-        seconds = time.perf_counter() - start
+        cpus = _cpus(use_ray, num_cpus)
+        per_part = rows_per_block or part_rows(len(first), cpus, batch_size)
+        listing = write_inputs(out, itertools.chain([first], chunks), per_part)
+        if listing.listed_twice:
+            log.warning(
+                "%d ids listed more than once; each is predicted once", listing.listed_twice
+            )
+        log.info("%d inputs, %d already done, %d parts of up to %d", listing.inputs,
+                 listing.skipped, len(listing.parts), per_part)  # fmt: skip
+        seconds, runner = _run(spec, listing, out, use_ray, cpus, workers, threads, decoders,
+                               batch_size, progress)  # fmt: skip
     finally:
         if started:
-            import ray
+            import ray as ray_module
 
-            ray.shutdown()
-    summary = summarize(out, rows["id"])
-    return BatchReport(out, summary, skipped, summary.rows - skipped, seconds, workers, backend)
+            ray_module.shutdown()
+    summary = summarize(out, listing.hashes)
+    return BatchReport(out, summary, listing.skipped, listing.pending, seconds, runner, backend)
+
+
+def _cpus(use_ray: bool, num_cpus: int | None) -> int:
+    if use_ray:
+        import ray
+
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return num_cpus or available_cpus()
+
+
+def _run(spec, listing, out, use_ray, cpus, workers, threads, decoders, batch_size, progress):
+    """(seconds, runner description) of predicting the listing's parts."""
+    if not listing.parts:
+        return 0.0, "nothing to do"
+    if use_ray:
+        from carclf.batch.cluster import run_ray
+
+        start = time.perf_counter()
+        run_ray(spec, listing.parts, out, pending=listing.pending, workers=workers,
+                threads=threads or 1, batch_size=batch_size, progress=progress)  # fmt: skip
+        return time.perf_counter() - start, f"ray, {cpus} CPUs"
+    from carclf.batch.local import run_local
+
+    seconds = run_local(spec, listing.parts, out, pending=listing.pending,
+                        threads=threads or min(cpus, 8), decoders=decoders or cpus,
+                        batch_size=batch_size, progress=progress)  # fmt: skip
+    return seconds, f"local, {threads or min(cpus, 8)} ORT threads, {decoders or cpus} decoders"
