@@ -17,12 +17,12 @@ from fastapi.testclient import TestClient
 from test_serve_helpers import photo_paths, tiny_bundle
 
 from carclf.errors import ConfigError
+from carclf.evaluate.metrics import auroc, roc_curve
 from carclf.inference import Classifier
 from carclf.inference.open_set import (
     OPEN_SET_FILE,
     OpenSet,
     OpenSetConfig,
-    auroc,
     check_config,
     energy_score,
     fit_open_set,
@@ -31,7 +31,6 @@ from carclf.inference.open_set import (
     l2_normalize,
     load_open_set,
     msp_score,
-    roc_curve,
     stratified_sample,
 )
 from carclf.models.bundle import load_bundle, read_meta, save_bundle
@@ -67,14 +66,17 @@ def test_scores_have_their_closed_forms():
     np.testing.assert_allclose(knn_score(q[:1], bank, k=2), [-np.sqrt(2.0)], atol=1e-6)
 
 
-def test_hybrid_is_the_lower_validation_percentile():
-    """Known answer: against validation msp 0.1..1.0 and knn -10..-1, a photo at msp 0.55
-    (5 of 10 lower) and knn -2.5 (8 of 10 lower) is at min(0.5, 0.8)."""
+def test_hybrid_ranks_by_msp_behind_a_knn_gate():
+    """Known answers: against validation msp 0.1..1.0 and knn -10..-1 with gate 0.2, a photo at
+    msp 0.55 (5 of 10 lower) and knn -2.5 (8 of 10 lower) passes the gate and scores
+    0.2 + 0.8 * 0.5; one at knn -9.5 (1 of 10 lower) is stopped at 0.1 whatever its msp."""
     from carclf.inference.open_set import hybrid_score
 
     val_msp, val_knn = np.linspace(0.1, 1.0, 10), np.arange(-10.0, 0.0)
-    got = hybrid_score(np.array([0.55, 2.0, 0.0]), np.array([-2.5, 0.0, 0.0]), val_msp, val_knn)
-    np.testing.assert_allclose(got, [0.5, 1.0, 0.0])
+    msp, knn = np.array([0.55, 2.0, 1.0, 0.0]), np.array([-2.5, 0.0, -9.5, 0.0])
+    got = hybrid_score(msp, knn, val_msp, val_knn, gate=0.2)
+    np.testing.assert_allclose(got, [0.6, 1.0, 0.1, 0.2])
+    assert np.all(np.diff(hybrid_score(np.sort(msp), knn * 0, val_msp, val_knn)) >= 0)
 
 
 def test_auroc_and_roc_match_known_answers_and_sklearn():

@@ -106,3 +106,31 @@ def nll(probs, y_true, eps: float = 1e-12) -> float:
     if not len(y_true):
         return 0.0
     return float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0)).mean())
+
+
+# -- telling known from unknown photos (open set) ----------------------------------------------
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """Area under the ROC curve of telling known (positive, higher score) from unknown photos:
+    the probability that a random known photo scores above a random unknown one (ties: half)."""
+    known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    if not len(known) or not len(unknown):
+        raise ValueError("AUROC needs known and unknown scores")
+    both = np.concatenate([known, unknown])
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    # average rank (1-based) of each distinct value, ties sharing the mean of their ranks
+    ends = np.cumsum(counts)
+    mean_rank = ends - (counts - 1) / 2.0
+    ranks = mean_rank[inverse]
+    n1, n0 = len(known), len(unknown)
+    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def roc_curve(known: np.ndarray, unknown: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct threshold, from (0, 0) to
+    (1, 1): the share of unknown and of known photos accepted (``score >= threshold``)."""
+    known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    thresholds = np.unique(np.concatenate([known, unknown]))[::-1]
+    k, u = np.sort(known), np.sort(unknown)
+    tpr = (len(k) - np.searchsorted(k, thresholds, side="left")) / max(len(k), 1)
+    fpr = (len(u) - np.searchsorted(u, thresholds, side="left")) / max(len(u), 1)
+    return np.concatenate([[0.0], fpr]), np.concatenate([[0.0], tpr])

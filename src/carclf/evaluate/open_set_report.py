@@ -21,8 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from carclf import html as H  # noqa: E402
+from carclf.evaluate.metrics import auroc, roc_curve  # noqa: E402
 from carclf.evaluate.plots import _png  # noqa: E402
-from carclf.inference.open_set import OpenSet, auroc, fit_threshold, roc_curve  # noqa: E402
+from carclf.inference.open_set import OpenSet, fit_threshold  # noqa: E402
 
 
 @dataclass
