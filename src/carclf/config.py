@@ -41,6 +41,8 @@ class DataConfig:
     exclude: str | None = (
         None  # CSV (path or id column) of photos to leave out, e.g. label_issues.csv
     )
+    # CSV (path or id, and label) of photos to give another label, e.g. the doctor's decisions.csv
+    relabel: str | None = None
     # Extra labelled sets (folders, zips, CSVs; carclf.data.extra): training split only.
     extra: list[str] = field(default_factory=list)
     extra_class_map: str | None = None  # CSV (their,ours) or YAML mapping; None: match labels

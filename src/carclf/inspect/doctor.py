@@ -1,27 +1,34 @@
 """Label doctor: rank the labelled photos whose given label is probably wrong, before training.
 
-    python -m carclf.inspect.doctor PATH [--out DIR] [--folds 5]
+    python -m carclf.inspect.doctor PATH [--out DIR] [--folds 5] [--review]
+    carclf doctor PATH [--out DIR] [--review]
 
-How: every labelled photo goes once through a frozen pretrained backbone (the offline Lite0 by
-default; globally pooled features, cached in ``DIR``); a logistic regression on those features is
-fitted ``folds`` times, each time predicting the fold it did not see, so every photo gets
-*out-of-fold* class probabilities from a model that never saw its label. Confident learning
-(``cleanlab.filter.find_label_issues``: estimate the joint of given and true labels from
-per-class confidence thresholds, then flag the photos that joint says are off-diagonal) turns
-those probabilities into a list of likely label errors, ranked by cleanlab's self-confidence
-score (the out-of-fold probability of the given label; lower = more suspicious) and each with
-the class the model suggests.
+How: every labelled photo goes once through a frozen pretrained backbone (the offline Lite2 at
+its native 260 px by default), seen plain and mirrored, the two views' globally pooled features
+averaged (cached in ``DIR``). A logistic regression on those features is fitted ``folds`` times,
+each time predicting the fold it did not see, so every photo gets *out-of-fold* class
+probabilities from a model that never saw its label; its ``C`` is chosen by the same
+cross-validation (:mod:`carclf.inspect.doctor_oof`). A class with fewer photos than folds means
+fewer folds, and a message saying so. cleanlab's label-quality score (self-confidence: the
+out-of-fold probability of the given label; lower = more suspicious) ranks the photos, and the
+doctor flags those under ``max_score``, by default half the chance probability, ``0.5 / K`` for
+``K`` classes (1% for 49): fixed a priori, it flags a photo when the model that never saw its
+label gives that label less than half the share a blind guess would, and it scales with the
+classes (a fixed 1% found 14-28% of the flips on 10 classes, half chance 52-66%, BENCHMARKS.md),
+each with the class the model suggests.
 
-A cheap frozen-feature model confuses look-alike classes (two Audi coupes), and confident
-learning counts those confusions as label issues too: on stanford-cars-dev with 5% of the labels
-flipped it flags 3.5 times as many photos as were flipped (precision 0.21). The doctor therefore
-keeps only the flags whose given label the model finds implausible, an out-of-fold probability
-under ``max_score`` (1%, see BENCHMARKS.md for the trade-off); ``max_score=1`` keeps them all.
+cleanlab's own filter (``find_label_issues``: flag what the estimated joint of given and true
+labels says is off-diagonal) is available as ``cleanlab_filter=True`` but off by default:
+measured on stanford-cars-dev with 5% of the labels flipped, it finds only 62-80% of the flips
+on its own, and added to the 1% cut it lowers recall from 0.75 to 0.52-0.63 for the same
+precision. See BENCHMARKS.md for precision and recall at 2%, 5% and 10% noise.
 
 Output: ``label_issues.csv`` (rank, path, id, given and suggested label and name, score,
-probability of the suggestion), and a gallery page. ``train.py data.exclude=DIR/label_issues.csv``
-trains without the flagged photos (:mod:`carclf.data.exclude`). Needs ``pip install
-'carclf[doctor]'`` (cleanlab, scikit-learn).
+probability of the suggestion), and a gallery page. ``--review`` then serves a page to keep,
+relabel or exclude each flag (:mod:`carclf.inspect.review`), saved to ``decisions.csv`` as each
+decision is made; ``train.py data.relabel=DIR/decisions.csv data.exclude=DIR/decisions.csv``
+trains with them, and ``data.exclude=DIR/label_issues.csv`` without every flagged photo
+(:mod:`carclf.data.exclude`). Needs ``pip install 'carclf[doctor]'`` (cleanlab, scikit-learn).
 
 The features come from :mod:`carclf.inspect.features` (a backbone from :mod:`carclf.models`: the
 inspection app sits above the data and model layers).
@@ -39,23 +46,29 @@ import numpy as np
 import pandas as pd
 
 from carclf import html as H
-from carclf import io, phases
+from carclf import io
 from carclf.cli import exit_code, main_exit
 from carclf.data.layouts import DatasetIndex
 from carclf.data.thumbs import Thumbnails
-from carclf.errors import CarclfError
 from carclf.inspect.dataset import dataset_parser, read_for_report
-from carclf.inspect.features import pooled_features
+from carclf.inspect.doctor_oof import C_GRID, DoctorError, fold_count, out_of_fold_probs
+from carclf.inspect.features import VIEWS, native_size, pooled_features
 
 log = logging.getLogger(__name__)
 
 ISSUES_FILE = "label_issues.csv"
 GALLERY_SHOWN = 40
 NEIGHBOURS = 3  # photos of the given and of the suggested class beside each flagged one
-
-
-class DoctorError(CarclfError):
-    """The label doctor cannot run on this dataset (too few photos per class, missing extra)."""
+DEFAULTS = {
+    "backbone": "tf_efficientnet_lite2",
+    "weights": "auto",
+    "image_size": None,  # the backbone's native size (260 px for Lite2)
+    "views": ("plain", "flip"),
+    "folds": 5,
+    "max_score": None,  # half the chance probability: 0.5 / classes (1% for 49 classes)
+    "cleanlab_filter": False,
+}
+__all__ = ["DoctorError", "DoctorResult", "diagnose", "gallery_html", "main", "write_issues"]
 
 
 @dataclass
@@ -70,6 +83,8 @@ class DoctorResult:
     backbone: str
     feature_seconds: float
     fit_seconds: float
+    C: float = 0.0  # the logistic regression's C, chosen by cross-validation
+    note: str | None = None  # e.g. fewer folds than asked for
 
     @property
     def oof_accuracy(self) -> float:
@@ -85,6 +100,8 @@ class DoctorResult:
             "oof_accuracy": round(self.oof_accuracy, 4),
             "feature_seconds": round(self.feature_seconds, 1),
             "fit_seconds": round(self.fit_seconds, 1),
+            "C": self.C,
+            "note": self.note,
             "issues": self.issues.head(200).to_dict("records"),
         }
 
@@ -100,46 +117,6 @@ def _require():
 
 
 # -- the diagnosis ----------------------------------------------------------------------------
-
-
-def out_of_fold_probs(
-    features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int, seed: int, C: float
-) -> np.ndarray:
-    """Class probabilities of each row from a logistic regression that did not see it."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probs = np.zeros((len(labels), num_classes), dtype=np.float64)
-    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    desc = f"label doctor: {folds} folds of a logistic regression"
-    for fit_idx, held_idx in phases.track(split.split(features, labels), desc, folds, "fold"):
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-        clf.fit(features[fit_idx], labels[fit_idx])
-        probs[np.ix_(held_idx, clf.classes_)] = clf.predict_proba(features[held_idx])
-    return probs
-
-
-def _check_classes(index: DatasetIndex, folds: int) -> None:
-    """A DoctorError unless every one of at least 2 classes has a photo for each fold."""
-    if index.num_classes < 2:
-        raise DoctorError(f"{index.root}: the label doctor needs at least 2 classes")
-    if folds < 2:
-        raise DoctorError(f"folds={folds}: the label doctor needs at least 2 folds")
-    counts = index.train["label"].value_counts()
-    small = [
-        f"{index.class_names[k]!r} ({counts.get(k, 0)})"
-        for k in range(index.num_classes)
-        if counts.get(k, 0) < folds
-    ]
-    if small:
-        raise DoctorError(
-            f"{index.root}: {len(small)} class(es) have fewer labelled photos than the {folds} "
-            f"folds of the label doctor: {', '.join(small[:10])}"
-            + (" ..." if len(small) > 10 else "")
-            + "; add photos, or use fewer folds (--folds 3)"
-        )
 
 
 def _issues_table(
@@ -164,15 +141,32 @@ def _issues_table(
     )
 
 
+def flag_rule(labels, probs, max_score: float, cleanlab_filter: bool = False):
+    """The flagged rows, most suspicious first, and every row's score (see the module doc)."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    scores = get_label_quality_scores(labels, probs)  # self-confidence: p(given label)
+    flag = scores < max_score
+    if cleanlab_filter:
+        # n_jobs=1: cleanlab's default forks a process pool, and a fork of a process that has
+        # run torch's thread pools can deadlock (it hung the test suite).
+        flag &= find_label_issues(labels, probs, n_jobs=1)
+    flagged = np.flatnonzero(flag)
+    return flagged[np.argsort(scores[flagged], kind="stable")], scores
+
+
 def diagnose(
     index: DatasetIndex,
     *,
-    backbone: str = "tf_efficientnet_lite0",
-    weights: str = "auto",
-    image_size: int = 224,
-    folds: int = 5,
-    C: float = 0.1,
-    max_score: float = 0.01,
+    backbone: str = DEFAULTS["backbone"],
+    weights: str = DEFAULTS["weights"],
+    image_size: int | None = DEFAULTS["image_size"],
+    views: tuple[str, ...] = DEFAULTS["views"],
+    folds: int = DEFAULTS["folds"],
+    C: float | tuple[float, ...] = C_GRID,
+    max_score: float | None = DEFAULTS["max_score"],
+    cleanlab_filter: bool = DEFAULTS["cleanlab_filter"],
     seed: int = 0,
     num_workers: int = 2,
     cache_dir: str | Path | None = None,
@@ -180,42 +174,37 @@ def diagnose(
 ) -> DoctorResult:
     """Flag the labelled photos of ``index`` whose label is likely wrong (see the module doc)."""
     _require()
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
-    _check_classes(index, folds)
+    counts = index.train["label"].value_counts()
+    names = {index.class_names[k]: int(counts.get(k, 0)) for k in range(index.num_classes)}
+    folds, note = fold_count(names, folds, str(index.root))
+    if note:
+        log.warning(note)
+        print(f"warning: {note}", file=sys.stderr, flush=True)
+    size = image_size or native_size(backbone)
     t0 = time.perf_counter()
     feats, valid = pooled_features(
-        index.train["path"].tolist(),
-        backbone,
-        weights,
-        image_size,
-        num_workers=num_workers,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
+        index.train["path"].tolist(), backbone, weights, size, views=tuple(views),
+        num_workers=num_workers, cache_dir=cache_dir, progress=progress,
+    )  # fmt: skip
     feature_seconds = time.perf_counter() - t0
     keep = np.flatnonzero(valid)
     rows = index.train.iloc[keep].reset_index(drop=True)
     labels = rows["label"].to_numpy()
     t0 = time.perf_counter()
-    probs = out_of_fold_probs(feats[keep], labels, index.num_classes, folds, seed, C)
-    # n_jobs=1: cleanlab's default forks a process pool, and a fork of a process that has run
-    # torch's thread pools can deadlock (it hung the test suite); the work is seconds anyway.
-    issue = find_label_issues(labels, probs, n_jobs=1)
-    scores = get_label_quality_scores(labels, probs)
-    flagged = np.flatnonzero(issue & (scores < max_score))
-    flagged = flagged[np.argsort(scores[flagged], kind="stable")]
-    fit_seconds = time.perf_counter() - t0
+    probs, best_c, _ = out_of_fold_probs(feats[keep], labels, index.num_classes, folds, seed, C)
+    cut = max_score if max_score is not None else 0.5 / index.num_classes
+    flagged, scores = flag_rule(labels, probs, cut, cleanlab_filter)
     return DoctorResult(
         _issues_table(index, rows, probs, scores, flagged),
         rows["path"].tolist(),
         labels,
         probs,
         folds,
-        backbone,
+        f"{backbone} {size} px ({'+'.join(views)})",
         feature_seconds,
-        fit_seconds,
+        time.perf_counter() - t0,
+        best_c,
+        note,
     )
 
 
@@ -235,11 +224,13 @@ def gallery_html(result: DoctorResult, index: DatasetIndex, thumbs=None) -> str:
     head = (
         f"<p>{s['flagged']} of {s['photos']} labelled photos ({100 * s['flagged_share']:.1f}%) "
         f"are probably mislabelled. Out-of-fold probabilities from a logistic regression on frozen "
-        f"{H.esc(result.backbone)} features ({result.folds} folds; out-of-fold accuracy "
-        f"{s['oof_accuracy']:.3f}), then confident learning (cleanlab). Score: the out-of-fold "
-        "probability of the given label (lower = more suspicious). The full list is in "
-        f"{ISSUES_FILE}; train without them with <code>data.exclude={ISSUES_FILE}</code>. "
-        "Look before you exclude: some flags are hard photos, not wrong labels.</p>"
+        f"{H.esc(result.backbone)} features ({result.folds} folds, C = {result.C:g} by "
+        f"cross-validation; out-of-fold accuracy {s['oof_accuracy']:.3f}), ranked by cleanlab's "
+        "label-quality score: the out-of-fold probability of the given label (lower = more "
+        f"suspicious). The full list is in {ISSUES_FILE}. Review them one by one (keep / relabel "
+        "/ exclude) with <code>carclf doctor PATH --review</code>, or train without them all "
+        f"with <code>data.exclude={ISSUES_FILE}</code>. Look before you exclude: some flags are "
+        "hard photos, not wrong labels.</p>"
     )
     if s["oof_accuracy"] < 0.5:  # e.g. a handful of photos per class: the flags are noise
         head += (
@@ -281,15 +272,25 @@ def gallery_html(result: DoctorResult, index: DatasetIndex, thumbs=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = dataset_parser("carclf doctor", __doc__.splitlines()[0], "outputs/label-doctor")
-    parser.add_argument("--folds", type=int, default=5)
+    d = DEFAULTS
+    parser.add_argument("--folds", type=int, default=d["folds"])
     parser.add_argument(
         "--max-score",
         type=float,
-        default=0.01,
-        help="flag only photos whose given label has an out-of-fold probability under this",
+        default=d["max_score"],
+        help="flag only photos whose given label has an out-of-fold probability under this "
+        "(default: 0.5 / number of classes)",
     )
-    parser.add_argument("--backbone", default="tf_efficientnet_lite0")
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--backbone", default=d["backbone"])
+    parser.add_argument("--image-size", type=int, default=d["image_size"],
+                        help="default: the backbone's native size")  # fmt: skip
+    parser.add_argument("--views", default="+".join(d["views"]),
+                        help="feature views averaged, + separated: plain, flip, crop")  # fmt: skip
+    parser.add_argument("--review", action="store_true",
+                        help="then serve the review page (keep / relabel / exclude each flag) "
+                        "on the flags in --out (diagnosing first when there are none)")  # fmt: skip
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     return exit_code(lambda: _doctor(args))
@@ -299,22 +300,38 @@ def _doctor(args) -> int:
     out = Path(args.out)
     created = not out.exists()
     try:
-        return _diagnose_into(args, out)
+        index, notes = read_for_report(args.path, args.layout, args.class_map)
+        if index.num_classes < 2:
+            raise DoctorError(notes[-1] if notes else "the label doctor needs labelled photos")
+        if not (args.review and (out / ISSUES_FILE).is_file()):
+            _diagnose_into(args, index, out)
+        elif args.review:
+            print(f"label doctor: reviewing the flags in {out / ISSUES_FILE} (run without "
+                  "--review, or delete it, to diagnose again)", flush=True)  # fmt: skip
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a refused run leaves no empty --out behind
         raise
+    if args.review:
+        from carclf.inspect import review
+
+        issues = review.read_issues(out / ISSUES_FILE, index)
+        app = review.review_app(issues, index, out / review.DECISIONS_FILE, str(index.root))
+        review.serve(app, args.host, args.port)
+    return 0
 
 
-def _diagnose_into(args, out: Path) -> int:
-    index, notes = read_for_report(args.path, args.layout, args.class_map)
-    if index.num_classes < 2:
-        raise DoctorError(notes[-1] if notes else "the label doctor needs labelled photos")
+def _diagnose_into(args, index: DatasetIndex, out: Path) -> None:
+    views = tuple(v for v in args.views.split("+") if v)
+    bad = [v for v in views if v not in VIEWS]
+    if bad or not views:
+        raise DoctorError(f"--views {args.views}: choose from {'+'.join(VIEWS)}")
     out.mkdir(parents=True, exist_ok=True)
     result = diagnose(
         index,
         backbone=args.backbone,
         image_size=args.image_size,
+        views=views,
         folds=args.folds,
         max_score=args.max_score,
         cache_dir=out,
@@ -331,9 +348,10 @@ def _diagnose_into(args, out: Path) -> int:
     print(
         f"label doctor: {s['flagged']} of {s['photos']} labelled photos flagged "
         f"(out-of-fold accuracy {s['oof_accuracy']:.3f}; features {s['feature_seconds']:.0f} s, "
-        f"folds {s['fit_seconds']:.0f} s)\n  {csv}\n  {out / 'label_issues.html'}"
+        f"folds {s['fit_seconds']:.0f} s)\n  {csv}\n  {out / 'label_issues.html'}\n"
+        f"  review them: carclf doctor {args.path} --out {out} --review",
+        flush=True,
     )
-    return 0
 
 
 if __name__ == "__main__":

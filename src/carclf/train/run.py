@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from carclf import io, phases
 from carclf.data.check import CheckReport, check_index
 from carclf.data.datamodule import CarDataModule
-from carclf.data.exclude import apply_exclude
+from carclf.data.exclude import apply_exclude, apply_relabel
 from carclf.data.extra import read_extra
 from carclf.data.layouts import read_dataset
 from carclf.data.tta import TTA_PRESETS
@@ -293,7 +293,7 @@ def _pick(node, fn, skip=()) -> dict:
 def build_datamodule(cfg: DictConfig, run_dir: Path) -> CarDataModule:
     d = cfg.data
     index = read_dataset(d.path, layout=d.layout, class_map=d.class_map)
-    index = apply_exclude(index, d.get("exclude"))
+    index = apply_exclude(apply_relabel(index, d.get("relabel")), d.get("exclude"))
     check = run_data_check(index, run_dir, d)
     mean, std = normalization(cfg.model.backbone)
     extra = read_extra(
