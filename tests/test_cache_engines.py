@@ -339,3 +339,172 @@ def test_open_set_bank_from_the_cache_matches_the_photos(stanford, lite0):
     with torch.no_grad():
         next(other.group_modules(0)[0].parameters()).add_(0.1)
     assert stage.tail_features(other, 64, [0]) is None  # the frozen prefix changed
+
+
+# -- low-precision engines and their gate -------------------------------------------------------
+class _PhotosDM:
+    """The parts of a DataModule the cache engines use, over real photos at 64 px."""
+
+    def __init__(self, stanford, n_train=48, n_val=24):
+        table = pd.read_csv(stanford / "train.csv")
+        table = table.iloc[np.linspace(0, len(table) - 1, n_train + n_val).astype(int)]
+        paths = [
+            str(stanford / "train" / str(c) / i)
+            for i, c in zip(table.Id, table.Category, strict=True)
+        ]
+        rows = pd.DataFrame({"path": paths, "label": table.Category.tolist()})
+        is_val = np.arange(len(rows)) % ((n_train + n_val) // n_val) == 1
+        self._rows = {"train": rows[~is_val], "val": rows[is_val]}
+        self.image_size = 64
+
+    def rows(self, split):
+        return self._rows[split]
+
+    def eval_preset(self, hflip=False):
+        return EvalPreset(size=64, mean=MEAN, std=STD, hflip=hflip)
+
+    def train_preset(self):
+        # albumentations draws its crops from its own RNG: a fixed view keeps the int8
+        # calibration (and so the gate's numbers) the same from run to run
+        return EvalPreset(size=64, mean=MEAN, std=STD, hflip=True)
+
+
+def _module(net):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(net=net, device=torch.device("cpu"), meta=_meta(net))
+
+
+@pytest.fixture(scope="module")
+def photos_dm(stanford):
+    return _PhotosDM(stanford)
+
+
+@pytest.mark.parametrize("name", ["int8", "bf16"])
+def test_low_precision_engine_passes_its_gate_on_real_photos(name, lite0, photos_dm, tmp_path):
+    """int8 (calibrated on the run's photos) and bf16 pass the gate, say so in the cache dir's
+    record, and compute features close to fp32's (but not equal: they are low precision)."""
+    from carclf.train.cache_stage import CHOICE_FILE, CacheStage
+    from carclf.train.engine_gate import MAX_REL_ERROR, MIN_AGREEMENT
+    from carclf.train.lowp_engines import unavailable
+
+    if unavailable(name):
+        pytest.skip(unavailable(name))
+    stage = CacheStage(name, cache_dir=tmp_path)
+    engine = stage.engine(6, 64, _module(lite0), photos_dm)
+    assert engine.name == name and engine.checked
+    result = next(r for r in stage.gate_results if r["engine"] == name)
+    print(result)
+    assert result["passed"] and result["rel_error"] <= MAX_REL_ERROR
+    assert result["agreement"] >= MIN_AGREEMENT
+    x = stage.gate_sample(photos_dm).held
+    ref, got = TorchPrefix(lite0, 6)(x), engine(x)
+    rel = float((got - ref).norm() / ref.norm())
+    assert 1e-4 < rel <= MAX_REL_ERROR
+    assert json.loads((tmp_path / CHOICE_FILE).read_text())["engine"] == name
+    stage.close()
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())  # files and record removed
+
+
+def test_gate_refuses_a_broken_engine_and_the_run_continues_in_fp32(
+    lite0, photos_dm, tmp_path, monkeypatch, caplog
+):
+    """A low-precision engine whose features are wrong (here: each view gets another view's
+    features, so their statistics are perfect but they say the wrong car) fails its gate: one
+    warning, and the cache is computed by the fp32 ONNX engine."""
+    from carclf.train import cache_stage
+    from carclf.train.cache_stage import CacheStage
+
+    class Shuffled:
+        name = "bf16"
+
+        def __init__(self, net, cut):
+            self.inner = TorchPrefix(net, cut)
+
+        def __call__(self, x):
+            return self.inner(x).roll(1, dims=0)
+
+    monkeypatch.setattr(
+        cache_stage, "build_low_precision", lambda n, net, cut, *a: Shuffled(net, cut)
+    )
+    stage = CacheStage("bf16", cache_dir=tmp_path)
+    with caplog.at_level(logging.WARNING):
+        engine = stage.engine(6, 64, _module(lite0), photos_dm)
+    assert engine.name == "onnx"
+    lines = [r.getMessage() for r in caplog.records if "failed its gate" in r.getMessage()]
+    assert len(lines) == 1 and "bf16" in lines[0] and "using fp32" in lines[0], lines
+    result = stage.gate_results[0]
+    assert not result["passed"] and result["agreement"] < 0.5
+    x = stage.gate_sample(photos_dm).held[:4]
+    assert float((engine(x) - TorchPrefix(lite0, 6)(x)).abs().max()) <= PARITY_TOLERANCE
+    stage.close()
+
+
+def test_engine_that_cannot_run_here_is_skipped_with_its_reason(
+    lite0, photos_dm, tmp_path, monkeypatch, caplog
+):
+    from carclf.train import engine_gate
+    from carclf.train.cache_stage import CacheStage
+
+    monkeypatch.setattr(engine_gate, "unavailable", lambda name: "no amx_bf16 on this CPU")
+    stage = CacheStage("bf16", cache_dir=tmp_path)
+    with caplog.at_level(logging.INFO):
+        engine = stage.engine(6, 64, _module(lite0), photos_dm)
+    assert engine.name == "onnx"
+    assert "cache engine bf16 skipped: no amx_bf16 on this CPU" in caplog.text
+    stage.close()
+
+
+def test_auto_keeps_the_fastest_engine_that_passes_and_a_resume_keeps_it(
+    lite0, photos_dm, tmp_path, monkeypatch
+):
+    """``auto`` times the engines that pass (here: fixed rates, bf16 the fastest but broken) and
+    records its choice; a restarted run with the same cache dir takes the recorded engine
+    without measuring again."""
+    from carclf.train import cache_stage, engine_gate
+    from carclf.train.cache_stage import CacheStage
+    from carclf.train.lowp_engines import build_low_precision
+
+    rates = {"onnx": 10.0, "int8": 30.0, "bf16": 50.0}
+    monkeypatch.setattr(engine_gate, "views_per_s", lambda e, x, beat=None: rates[e.name])
+    monkeypatch.setattr(engine_gate, "unavailable", lambda name: None)
+
+    def build(name, net, cut, fp32, calibration):
+        engine = build_low_precision(name, net, cut, fp32, calibration)
+        if name == "bf16":  # broken: zeros
+            engine.__call__ = None
+            return type("Zeros", (), {"name": "bf16", "__call__": lambda s, x: engine(x) * 0})()
+        return engine
+
+    monkeypatch.setattr(cache_stage, "build_low_precision", build)
+    first = CacheStage("auto", cache_dir=tmp_path)
+    assert first.engine(6, 64, _module(lite0), photos_dm).name == "int8"
+    passed = {r["engine"]: r["passed"] for r in first.gate_results}
+    assert passed == {"int8": True, "bf16": False, "onnx": True}
+    # kill -9 here: nothing is closed; the restarted run reads the record
+    monkeypatch.setattr(engine_gate, "views_per_s", lambda *a, **k: pytest.fail("measured again"))
+    again = CacheStage("auto", cache_dir=tmp_path)
+    assert again.engine(6, 64, _module(lite0), photos_dm).name == "int8"
+    first.close()
+    again.close()
+
+
+def test_low_precision_engines_are_cpu_only_and_fall_back_to_fp32():
+    with pytest.raises(ConfigError, match="cache_engine=int8 runs on the CPU only"):
+        check_engine("int8", "cuda")
+    with pytest.raises(ConfigError, match="cache_engine=bf16 runs on the CPU only"):
+        check_engine("bf16", "cuda")
+    assert resolve_engine("int8", "cpu") == "onnx"  # the fp32 engine it falls back to
+    assert resolve_engine("bf16", "cpu") == "onnx"
+
+
+def test_no_readable_photo_for_the_gate_means_fp32_not_a_crash(lite0, stanford, tmp_path, caplog):
+    from carclf.train.cache_stage import CacheStage
+
+    dm = _PhotosDM(stanford, 8, 4)
+    dm._rows = {k: v.assign(path=str(tmp_path / "missing.jpg")) for k, v in dm._rows.items()}
+    stage = CacheStage("int8", cache_dir=tmp_path / "cache")
+    with caplog.at_level(logging.WARNING):
+        engine = stage.engine(6, 64, _module(lite0), dm)
+    assert engine.name == "onnx" and "low-precision cache engines not tried" in caplog.text
+    stage.close()

@@ -22,50 +22,14 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from carclf.errors import ModelError
 from carclf.export.onnx import INPUT
+from carclf.inference.int8 import float_nodes, prepare, quantize_static_qdq
 from carclf.io import atomic_path
 
 METHODS = ("static", "dynamic")
-
-
-def _shape_arithmetic(graph) -> list[str]:
-    """Nodes whose inputs all derive from Shape outputs or constants (nodes are in graph order)."""
-    derived = {i.name for i in graph.initializer} | {""}
-    names = []
-    for node in graph.node:
-        if node.op_type == "Shape" or (
-            node.op_type != "Constant" and all(i in derived for i in node.input)
-        ):
-            derived.update(node.output)
-            names.append(node.name)
-        elif node.op_type == "Constant":
-            derived.update(node.output)
-    return names
-
-
-def _float_nodes(model_path: Path) -> list[str]:
-    """Nodes kept in float: shape arithmetic, the first Conv and the final Gemm/MatMul."""
-    import onnx
-
-    graph = onnx.load(str(model_path)).graph
-    convs = [n.name for n in graph.node if n.op_type == "Conv"]
-    dense = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
-    return _shape_arithmetic(graph) + convs[:1] + dense[-1:]
-
-
-class _Batches:
-    """ONNX Runtime's CalibrationDataReader protocol over a preprocessed batch."""
-
-    def __init__(self, batch: torch.Tensor, size: int = 8):
-        data = batch.detach().cpu().numpy().astype(np.float32)
-        self._chunks = iter([{INPUT: data[i : i + size]} for i in range(0, len(data), size)])
-
-    def get_next(self):
-        return next(self._chunks, None)
 
 
 def quantize_int8(
@@ -81,8 +45,6 @@ def quantize_int8(
         calibration: preprocessed photos (N, 3, S, S) for the activation ranges; 32-100 photos
             of the kind the model will serve are enough.
     """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     from carclf.export.onnx import set_metadata
 
     if method not in METHODS:
@@ -93,7 +55,7 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(prefix="carclf-quant-") as work:
         prepared = Path(work) / "prepared.onnx"
         # Shape inference and graph cleanup first, as ONNX Runtime recommends for quantization.
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        prepare(src, prepared)
         try:
             with atomic_path(dst) as tmp:
                 _quantize(prepared, tmp, method, calibration)
@@ -112,21 +74,12 @@ def quantize_int8(
 
 def _quantize(prepared: Path, out: Path, method: str, calibration: torch.Tensor | None) -> None:
     """ONNX Runtime's static (QDQ, calibrated) or dynamic quantization of ``prepared`` to ``out``."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    keep_float = _float_nodes(prepared)
     if method == "static":
-        quantize_static(
-            str(prepared),
-            str(out),
-            _Batches(calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=keep_float,
-        )
+        quantize_static_qdq(prepared, out, calibration, INPUT)
     else:
+        keep_float = float_nodes(prepared)
         quantize_dynamic(
             str(prepared), str(out), weight_type=QuantType.QUInt8, nodes_to_exclude=keep_float
         )

@@ -10,17 +10,27 @@ use it through these public methods; neither reaches into its state.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from carclf import phases
+from carclf import io, phases
 from carclf.data.dataset import MultiViewDataset
+from carclf.train.engine_gate import GateSample, Reference, candidates, select
 from carclf.train.feature_cache import CacheKey, FeatureCache, prefix_fingerprint
-from carclf.train.prefix_engine import CheckedEngine, make_engine, resolve_engine
+from carclf.train.lowp_engines import build_low_precision
+from carclf.train.prefix_engine import (
+    ENGINES,
+    CheckedEngine,
+    TorchPrefix,
+    make_engine,
+    resolve_engine,
+)
 from carclf.train.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -28,13 +38,20 @@ log = logging.getLogger(__name__)
 # Random crops of a large photo upscale a part of it: keep 1.5x the size when drafting the JPEG.
 DRAFT_FACTOR = 1.5
 PROBE_IMAGES = 48
+GATE_PHOTOS = 32  # training photos a low-precision engine calibrates on; as many held out
+CHOICE_FILE = "engine.json"  # the cache dir's record of the engine chosen (resume keeps it)
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """``k`` positions spread evenly over ``n`` rows (splits are often sorted by class)."""
+    return sorted({int(i) for i in np.linspace(0, n - 1, num=min(k, n))}) if n else []
 
 
 class CacheStage:
     """Feature caches and prefix engines of one run.
 
     Args:
-        engine: ``cache_engine`` (auto | torch | onnx).
+        engine: ``cache_engine`` (auto | torch | onnx | int8 | bf16).
         max_cache_mb: caches up to this size are also held in RAM.
         cache_dir: where caches live (the run dir's ``cache/``): a killed run reuses them.
     """
@@ -50,6 +67,7 @@ class CacheStage:
         self.seconds: dict[str, float] = {}  # "<stage>/<split>" -> build (or reopen) time
         self.engine_names: set[str] = set()  # engines that computed a cache (for metrics.json)
         self._engines: dict[tuple, CheckedEngine] = {}
+        self.gate_results: list[dict] = []  # the low-precision gate's measurements (metrics)
 
     # -- where to cut -------------------------------------------------------------------------
     def cacheable(self, stage: Stage, pl_module) -> bool:
@@ -80,19 +98,100 @@ class CacheStage:
         return cut
 
     # -- engines and datasets -----------------------------------------------------------------
-    def engine(self, cut: int, size: int, pl_module) -> CheckedEngine:
-        """The prefix engine for groups ``0..cut-1`` at ``size`` px (built once, then reused)."""
+    def engine(self, cut: int, size: int, pl_module, dm=None) -> CheckedEngine:
+        """The prefix engine for groups ``0..cut-1`` at ``size`` px (built once, then reused).
+
+        With ``dm`` (the DataModule, at ``size``), low-precision engines are considered: gated on
+        the run's own photos, and under ``auto`` timed once per run; the choice is recorded in
+        the cache dir (:data:`CHOICE_FILE`) so a resumed run keeps it."""
         net = pl_module.net
         key = (cut, size, prefix_fingerprint(net, cut))
         if key not in self._engines:
             name = resolve_engine(self.engine_choice, pl_module.device)
             left = phases.seconds_left()
-            if self.engine_choice == "auto" and left is not None and left < 0:
+            spent = left is not None and left < 0
+            if self.engine_choice == "auto" and spent:
                 name = "torch"  # the time budget is spent: no time for an ONNX export
-            self._engines[key] = make_engine(
-                name, net, pl_module.meta, cut, size, workdir=self.cache_dir
-            )
+            engine = make_engine(name, net, pl_module.meta, cut, size, workdir=self.cache_dir)
+            names = candidates(self.engine_choice, self._recorded())
+            if names and dm is not None and pl_module.device.type == "cpu" and not spent:
+                try:
+                    engine = self._low_precision(engine, names, cut, dm, pl_module)
+                except Exception as e:  # no gate, no low precision: the run goes on in fp32
+                    log.warning(
+                        "low-precision cache engines not tried (%s: %s): using %s",
+                        type(e).__name__,
+                        e,
+                        engine.name,
+                    )
+            self._engines[key] = engine
         return self._engines[key]
+
+    def _low_precision(self, baseline: CheckedEngine, names, cut: int, dm, pl_module):
+        """``baseline`` (fp32) or the low-precision engine that passes its gate (and, under
+        ``auto`` with nothing recorded, measures faster)."""
+        net = pl_module.net
+        sample = self.gate_sample(dm)
+        reference = Reference(baseline, net, cut, sample)
+
+        def build(name: str):
+            return build_low_precision(name, net, cut, baseline.engine, sample.calibration)
+
+        measure = self.engine_choice == "auto" and self._recorded() is None
+        chosen, results = select(names, build, reference, baseline, measure=measure)
+        self.gate_results = [r.to_dict() for r in results]
+        if chosen is None:
+            self._record(baseline.name)
+            return baseline
+        baseline.close()
+        self._record(chosen.name)
+        rate = next((r.views_per_s for r in results if r.engine == chosen.name), None)
+        log.info(
+            "cache engine %s (gate passed%s)",
+            chosen.name,
+            f", {rate:.0f} views/s vs fp32 {results[-1].views_per_s:.0f}" if rate else "",
+        )
+        return CheckedEngine(chosen, TorchPrefix(net, cut), checked=True)
+
+    def gate_sample(self, dm) -> GateSample:
+        """Views of training photos spread over the split (a plain view and a train-time crop
+        each: what int8 calibrates on) and of held-out photos (validation photos, or other
+        training photos where there is no validation split; the plain view and its mirror)."""
+        train, val = dm.rows("train"), dm.rows("val")
+        picked = _spread(len(train), 2 * GATE_PHOTOS if not len(val) else GATE_PHOTOS)
+        calib_rows = train.iloc[picked[::2] if not len(val) else picked]
+        held_rows = (
+            val.iloc[_spread(len(val), GATE_PHOTOS)] if len(val) else train.iloc[picked[1::2]]
+        )
+        if not len(held_rows):
+            held_rows = calib_rows
+        calib = self.multiview(dm, calib_rows, [dm.eval_preset(), dm.train_preset()])
+        held = self.multiview(dm, held_rows, [dm.eval_preset(), dm.eval_preset(hflip=True)])
+        items = [x for x in (calib[i] for i in range(len(calib))) if x is not None]
+        views = [x for x in (held[i] for i in range(len(held))) if x is not None]
+        if not items or not views:
+            raise RuntimeError("no readable photo for the cache engine's gate")
+        labels = torch.tensor([int(y) for _, y, _ in items]).repeat_interleave(2)
+        return GateSample(
+            torch.cat([x for x, _, _ in items]), labels, torch.cat([x for x, _, _ in views])
+        )
+
+    def _recorded(self) -> str | None:
+        """The engine an earlier start of this run chose (None: none recorded)."""
+        if self.cache_dir is None:
+            return None
+        try:
+            name = json.loads((self.cache_dir / CHOICE_FILE).read_text()).get("engine")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return name if name in ENGINES else None
+
+    def _record(self, name: str) -> None:
+        if self.cache_dir is None or self._recorded() is not None:
+            return
+        record = {"choice": self.engine_choice, "engine": name, "gate": self.gate_results}
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        io.write_json(self.cache_dir / CHOICE_FILE, record)
 
     @staticmethod
     def view_presets(dm, split: str, views: int) -> list:
@@ -137,7 +236,7 @@ class CacheStage:
                 return cache
         return FeatureCache.build(
             key,
-            self.engine(key.cut, key.image_size, pl_module),
+            self.engine(key.cut, key.image_size, pl_module, dm),
             self.multiview(dm, rows, self.view_presets(dm, split, key.views)),
             batch_images=max(1, 32 // key.views),
             num_workers=dm.num_workers,
@@ -159,7 +258,7 @@ class CacheStage:
         )
         cache = FeatureCache.build(
             key,
-            self.engine(cut, stage.image_size, pl_module),
+            self.engine(cut, stage.image_size, pl_module, dm),
             self.multiview(dm, rows, [dm.eval_preset(), dm.train_preset()]),
             batch_images=16,
             num_workers=dm.num_workers,
@@ -205,6 +304,7 @@ class CacheStage:
             engine.close()
         self._engines.clear()
         if self.cache_dir is not None and self.cache_dir.is_dir():
+            (self.cache_dir / CHOICE_FILE).unlink(missing_ok=True)
             try:
                 self.cache_dir.rmdir()  # only when empty: nothing of the user's is removed
             except OSError:

@@ -13,7 +13,14 @@ reproduces PyTorch's numbers may compute it.
   Before it is trusted it must reproduce PyTorch on the first real batch within
   :data:`PARITY_TOLERANCE`; otherwise the cache falls back to ``torch`` with one log line saying
   why.
-* ``auto``: ``onnx`` on a CPU, ``torch`` elsewhere (measured: ``benchmarks/bench_cache.py``).
+* ``int8``, ``bf16``: low-precision engines on a CPU (:mod:`carclf.train.lowp_engines`): ONNX
+  Runtime static int8 calibrated on the run's own photos, PyTorch bf16 autocast (oneDNN). They
+  must pass a gate on held-out photos (:mod:`carclf.train.engine_gate`); one that fails, or cannot
+  run here, is skipped with one log line and the cache is computed in fp32 (``onnx``).
+* ``auto``: on a CPU, the fastest of ``onnx`` and the low-precision engines that pass their
+  gate, by a short measurement on the machine the run is on (chosen once per run and recorded
+  in the cache dir, so a resumed run keeps it); ``torch`` on a GPU (measured:
+  ``benchmarks/bench_cache.py``). :func:`resolve_engine` gives the fp32 engine it starts from.
 
 Engines take and return fp32 tensors; the cache stores fp16.
 """
@@ -37,7 +44,8 @@ from carclf.models.padding import static_padding_net
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "torch", "onnx")
+ENGINES = ("auto", "torch", "onnx", "int8", "bf16")
+CPU_ONLY = ("onnx", "int8", "bf16")
 # fp32 kernels differ in summation order only; measured max |diff| 7e-5..2e-4 on Lite0/Lite2.
 PARITY_TOLERANCE = 2e-3
 
@@ -46,12 +54,12 @@ def check_engine(name: str, device: str | torch.device) -> None:
     """Fail at start-up (not after minutes of training) on an engine that cannot run here."""
     if name not in ENGINES:
         raise ConfigError(f"cache_engine={name!r}: choose one of {', '.join(ENGINES)}")
+    if name in CPU_ONLY and torch.device(device).type != "cpu":
+        raise ConfigError(
+            f"cache_engine={name} runs on the CPU only, but this run trains on {device}; "
+            "use cache_engine=auto or torch"
+        )
     if name == "onnx":
-        if torch.device(device).type != "cpu":
-            raise ConfigError(
-                f"cache_engine=onnx runs on the CPU only, but this run trains on {device}; "
-                "use cache_engine=auto or torch"
-            )
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -61,9 +69,10 @@ def check_engine(name: str, device: str | torch.device) -> None:
 
 
 def resolve_engine(name: str, device: str | torch.device) -> str:
-    """The engine ``name`` means on ``device`` (``auto`` -> the fastest measured one)."""
+    """The fp32 engine ``name`` means on ``device`` (``auto`` -> the fastest measured fp32 one;
+    ``int8``/``bf16`` -> the fp32 engine they fall back to)."""
     check_engine(name, device)
-    if name != "auto":
+    if name in ("torch", "onnx"):
         return name
     if torch.device(device).type != "cpu":
         return "torch"
@@ -183,9 +192,9 @@ class CheckedEngine:
     batch from then on goes through ``fallback`` and one log line says why.
     """
 
-    def __init__(self, engine, fallback: TorchPrefix):
+    def __init__(self, engine, fallback: TorchPrefix, checked: bool = False):
         self.engine, self.fallback = engine, fallback
-        self.checked = False
+        self.checked = checked  # True: already proven (a low-precision engine's gate)
         self.parity: float | None = None
 
     @property
