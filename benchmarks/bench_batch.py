@@ -1,6 +1,7 @@
 """Batch inference: carclf.batch (local runner, local Ray, a multi-node Ray cluster) vs predict.py.
 
     .venv/bin/python benchmarks/bench_batch.py [--model BUNDLE] [--pool 20000] [--batch-size 8]
+        [--cluster-pool N]
 
 Prints two tables (results also in outputs/bench/batch/results.json):
 
@@ -286,6 +287,8 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--pool", type=int, default=20000, help="photos in the pool of links (20000)")
     p.add_argument("--batch-size", type=int, default=8, help="the job's --batch-size (8)")
+    p.add_argument("--cluster-pool", type=int, default=None,
+                   help="photos for the multi-node table (default: --pool)")  # fmt: skip
     p.add_argument("--no-cluster", action="store_true", help="skip the multi-node table")
     p.add_argument("--no-box", action="store_true", help="skip the one-box table")
     args = p.parse_args()
@@ -305,8 +308,10 @@ def main() -> int:
             box.append(f())
             print(box[-1], flush=True)
     if not args.no_cluster:
+        n = args.cluster_pool or args.pool
+        cpool = pool if n == args.pool else pool_photos(n)[0]
         for k, kill in ((1, False), (2, False), (2, True)):
-            nodes.append(cluster_run(model, pool, args.pool, k, kill))
+            nodes.append(cluster_run(model, cpool, n, k, kill))
             print(nodes[-1], flush=True)
     (WORK / "results.json").write_text(json.dumps({"box": box, "cluster": nodes}, indent=2))
     print_tables(box, nodes)
