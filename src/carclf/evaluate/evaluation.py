@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from carclf.data.classmaps import display_name
-from carclf.inference.calibration import ReliabilityBins, reliability_bins
 from carclf.evaluate.metrics import (
     ClassReport,
     accuracy,
@@ -22,6 +21,7 @@ from carclf.evaluate.metrics import (
     top_k_accuracy,
 )
 from carclf.evaluate.plots import GalleryItem
+from carclf.inference.calibration import ReliabilityBins, reliability_bins
 
 
 @dataclass
