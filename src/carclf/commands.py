@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("carclf.hydra_apps:predict_main", "submission, top-k table, evaluation report"),
     "check": ("carclf.data.check:main", "data check: counts, sizes, unreadable files"),
     "report": ("carclf.inspect.report:main", "dataset report (report.html), --doctor too"),
-    "doctor": ("carclf.inspect.doctor:main", "label doctor: likely mislabelled photos"),
+    "doctor": ("carclf.inspect.doctor:main", "label doctor: mislabelled photos, --review"),
     "export": ("carclf.export.__main__:main", "ONNX (and int8) export, checked against PyTorch"),
     "serve": ("carclf.serve.__main__:main", "web service and page for a trained model"),
     "batch": ("carclf.batch.__main__:main", "batch inference with Ray Data into Parquet"),

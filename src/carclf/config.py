@@ -115,8 +115,9 @@ class TrainConfig:
     open_set: OpenSetConfig = field(default_factory=OpenSetConfig)
     # Feature caches live in the run dir (a killed run reuses them); up to this size also in RAM.
     max_cache_mb: int = 2048
-    # What computes the frozen prefix for the feature cache: auto (onnx on a CPU, torch on a
-    # GPU) | torch | onnx (ONNX Runtime, checked against PyTorch on the first batch).
+    # What computes the frozen prefix for the feature cache: auto (on a CPU the fastest of onnx,
+    # int8, bf16 that passes the gate; torch on a GPU) | torch | onnx (ONNX Runtime fp32, checked
+    # against PyTorch on the first batch) | int8 (ORT static QDQ) | bf16 (autocast, channels_last).
     cache_engine: str = "auto"
     plan: PlanConfig = field(default_factory=PlanConfig)
     # Experiment loggers (conf/logger: tensorboard, csv, mlflow; several at once) and extra
