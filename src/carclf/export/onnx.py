@@ -154,6 +154,23 @@ def compare_logits(name: str, reference: np.ndarray, other: np.ndarray) -> Parit
     )
 
 
+def require_parity(
+    path: Path, reference: np.ndarray, parity: Parity, what: str = "", detail=None
+) -> None:
+    """Remove ``path`` and raise a ModelError naming it when its ``parity`` with PyTorch's
+    ``reference`` logits is outside the fp32 tolerance or changes a top-1 answer (``what``:
+    which export; ``detail``: a callable whose text ends the message)."""
+    limit = FP32_TOLERANCE * max(1.0, float(np.abs(reference).max()))
+    if parity.top1_identical and parity.max_abs_diff <= limit:
+        return
+    path.unlink(missing_ok=True)
+    raise ModelError(
+        f"{path}: ONNX export{what} disagrees with PyTorch (max |logit diff| "
+        f"{parity.max_abs_diff:.2e}, limit {limit:.1e}; top-1 agreement "
+        f"{parity.top1_agreement:.1%}); the file was removed" + (detail() if detail else "")
+    )
+
+
 @torch.inference_mode()
 def torch_logits(net: CarNet, batch: torch.Tensor, batch_size: int = 32) -> np.ndarray:
     net = net.eval().float().cpu()

@@ -13,17 +13,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from carclf.errors import ModelError
 from carclf.export.int8_check import Int8Check, check_int8, holdout_photos, write_check
 from carclf.export.onnx import (
-    FP32_TOLERANCE,
     OPSET,
     Parity,
     compare_logits,
     export_onnx,
     onnx_logits,
+    require_parity,
     torch_logits,
 )
 from carclf.export.quantize import quantize_int8
@@ -173,14 +171,7 @@ def export_model(
     report.files[ONNX_FILE] = fp32.stat().st_size
     parity = compare_logits(ONNX_FILE, reference, onnx_logits(fp32, batch))
     report.parity.append(parity)
-    limit = FP32_TOLERANCE * max(1.0, float(np.abs(reference).max()))
-    if not parity.top1_identical or parity.max_abs_diff > limit:
-        fp32.unlink(missing_ok=True)
-        raise ModelError(
-            f"{fp32}: ONNX export disagrees with PyTorch (max |logit diff| "
-            f"{parity.max_abs_diff:.2e}, limit {limit:.1e}; top-1 agreement "
-            f"{parity.top1_agreement:.1%}); the file was removed\n{report.format()}"
-        )
+    require_parity(fp32, reference, parity, detail=lambda: "\n" + report.format())
     export_tta_sizes(report, net, meta, batch, opset)  # model.<size>px.onnx: multiscale on ORT
 
     if int8:

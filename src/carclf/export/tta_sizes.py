@@ -15,18 +15,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from carclf.data.tta import TTA_PRESETS
-from carclf.errors import ModelError
 from carclf.export.onnx import (
-    FP32_TOLERANCE,
     OPSET,
     compare_logits,
     export_onnx,
     onnx_logits,
+    require_parity,
     torch_logits,
 )
 from carclf.inference.onnx_backend import ONNX_FILE, sized_onnx
@@ -57,12 +55,6 @@ def export_tta_sizes(report, net, meta: BundleMeta, batch: torch.Tensor, opset: 
         x = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
         reference = torch_logits(net, x)
         p = compare_logits(path.name, reference, onnx_logits(path, x))
-        limit = FP32_TOLERANCE * max(1.0, float(np.abs(reference).max()))
-        if not p.top1_identical or p.max_abs_diff > limit:
-            path.unlink(missing_ok=True)
-            raise ModelError(
-                f"{path}: ONNX export at {size} px disagrees with PyTorch (max |logit diff| "
-                f"{p.max_abs_diff:.2e}, limit {limit:.1e}); the file was removed"
-            )
+        require_parity(path, reference, p, what=f" at {size} px")
         report.files[path.name] = path.stat().st_size
         report.parity.append(p)
