@@ -1,7 +1,7 @@
 """Which TTA policy helps, by how much, and at what cost; calibration before/after temperature.
 
     .venv/bin/python benchmarks/bench_tta.py [--model RUN_DIR|BUNDLE] [--data DIR] [--workers N]
-        [--cache outputs/bench/tta/logits.npz]
+        [--cache outputs/bench/tta/logits.npz] [--policies none,hflip,multiscale]
 
 For every policy in conf/tta/ (built from the YAML exactly as ``predict.py tta=<name>`` builds
 it), with both merge rules, prints one markdown row: accuracy on the validation split of the
@@ -156,6 +156,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache", default=None, help="npz file for per-view logits")
+    parser.add_argument(
+        "--policies", default=None, help="comma-separated policies of conf/tta (default: all)"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     data = Path(args.data)
@@ -167,6 +170,12 @@ def main() -> None:
     test = collect_inputs(data, labels_csv=data / "test-labels.csv", match=match)
     val_paths, val_labels = val_split(run_dir, data, clf)
     presets = load_policies(clf)
+    if args.policies:
+        wanted = args.policies.split(",")
+        unknown = sorted(set(wanted) - set(presets))
+        if unknown:
+            parser.error(f"--policies: no {', '.join(unknown)} in conf/tta ({', '.join(presets)})")
+        presets = {k: v for k, v in presets.items() if k in wanted}
     print(f"model {target} ({m.backbone}, {m.image_size} px, T = {clf.temperature:.3f})")
     print(f"test: {len(test)} images; validation split: {len(val_paths)} images")
     t0 = time.perf_counter()

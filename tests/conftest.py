@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CARCLF_SHARED", ROOT.parent / "shared")) / "data"
 STANFORD = SHARED / "stanford-cars-dev"
+STANFORD_SCALE = SHARED / "stanford-cars-scale"  # twice dev's photos and classes
 SFDL_PHOTOS = SHARED / "sfdl-photos"
 SFDL_META = SHARED / "sf-dl-car-classification-meta"
 
@@ -25,6 +26,11 @@ def _need(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def stanford() -> Path:
     return _need(STANFORD)
+
+
+@pytest.fixture(scope="session")
+def stanford_scale() -> Path:
+    return _need(STANFORD_SCALE)
 
 
 @pytest.fixture(scope="session")

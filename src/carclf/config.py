@@ -119,6 +119,9 @@ class TrainConfig:
     # int8, bf16 that passes the gate; torch on a GPU) | torch | onnx (ONNX Runtime fp32, checked
     # against PyTorch on the first batch) | int8 (ORT static QDQ) | bf16 (autocast, channels_last).
     cache_engine: str = "auto"
+    # How the trained part of a cached stage runs on a CPU (carclf.train.tail_format): auto (the
+    # budget probe times each and keeps the fastest) | fp32 | channels_last | bf16 (autocast).
+    tail_format: str = "auto"
     plan: PlanConfig = field(default_factory=PlanConfig)
     # Experiment loggers (conf/logger: tensorboard, csv, mlflow; several at once) and extra
     # callbacks (conf/callbacks): entries with a `_target_`, built by hydra.utils.instantiate.

@@ -13,6 +13,8 @@ the most accuracy for the least speed.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -74,15 +76,33 @@ def quantize_static_qdq(
     (preprocessed photos, N x 3 x S x S), written to ``out``."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    quantize_static(
-        str(prepared),
-        str(out),
-        CalibrationBatches(calibration, input_name),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=float_nodes(prepared),
-        extra_options={"CalibMovingAverage": True} if moving_average else {},
-    )
+    with _quiet_quantizer():
+        quantize_static(
+            str(prepared),
+            str(out),
+            CalibrationBatches(calibration, input_name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=float_nodes(prepared),
+            extra_options={"CalibMovingAverage": True} if moving_average else {},
+        )
     return Path(out)
+
+
+class _FromQuantizer(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "onnxruntime" not in record.pathname or record.levelno >= logging.WARNING
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """ONNX Runtime's quantizer logs a line per adjusted bias scale on the root logger at INFO
+    (a hundred lines for Lite2 in a run's train.log); keep its warnings, drop those."""
+    root, quiet = logging.getLogger(), _FromQuantizer()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)

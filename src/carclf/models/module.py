@@ -55,6 +55,10 @@ class CarClassifier(pl.LightningModule):
         # Set by the stage callback: where batches enter the network (0 = images; k = cached
         # output of the first k backbone groups) and how to build the optimizer of the stage.
         self.input_start = 0
+        # Set by the stage callback on a CPU (carclf.train.tail_format): the batch's layout and
+        # bf16 autocast for the network's trained part, whichever measured fastest.
+        self.input_channels_last = False
+        self.autocast_bf16 = False
         self.optimizer_factory: Callable[[CarClassifier], dict] | None = None
         # Per training row (the index every batch carries): sample weight, soft targets and
         # their share of the loss; installed from the DataModule's ``row_targets`` at fit start.
@@ -84,8 +88,11 @@ class CarClassifier(pl.LightningModule):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last and x.ndim == 4:
+        if (self.hparams.channels_last or self.input_channels_last) and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.autocast_bf16 and x.device.type == "cpu":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.net(x, start=self.input_start).float()
         return self.net(x, start=self.input_start)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

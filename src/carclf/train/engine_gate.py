@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from carclf.models.network import CarNet
+from carclf.train import lowp_engines
 from carclf.train.lowp_engines import LOW_PRECISION, unavailable
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,11 @@ def candidates(choice: str, recorded: str | None) -> list[str]:
         return [recorded] if recorded in LOW_PRECISION else []
     if choice in LOW_PRECISION:
         return [choice]
-    return list(LOW_PRECISION) if choice == "auto" else []
+    if choice != "auto":
+        return []
+    # bf16 without AMX tiles ran the prefix at 0.45-0.62x fp32 ONNX Runtime (AVX512-BF16 only,
+    # BENCHMARKS.md): auto does not spend a gate and a timing on it there
+    return [n for n in LOW_PRECISION if n != "bf16" or "amx_bf16" in lowp_engines.cpu_flags()]
 
 
 def select(

@@ -36,17 +36,21 @@ from torch.utils.data import DataLoader, SequentialSampler
 
 from carclf.data.dataset import skip_none_collate
 from carclf.train.cache_stage import CacheStage
+from carclf.train.final_pass import final_backend
 from carclf.train.optim import build_optimizer, build_scheduler, trainable_parameter_count
 from carclf.train.planner import FINISH_MARGIN, Plan, Planner
 from carclf.train.probe import finish_cost, measure_costs
 from carclf.train.stages import Stage, stage_at, total_epochs
+from carclf.train.tail_format import apply_format
 from carclf.train.time_budget import BudgetBatches
 
 log = logging.getLogger(__name__)
 
 # An auto stage's epochs are fitted to its own speed after this many of them (the first pays the
-# stage's warm-up, so the median of the later ones is used).
+# stage's warm-up, so the median of the later ones is used), then every REPLAN_EVERY epochs so
+# a drift (a box that slows down or speeds up) is absorbed before the stage's last epochs.
 REPLAN_AFTER_EPOCHS = (2, 8)
+REPLAN_EVERY = 16
 
 
 def rng_state() -> dict:
@@ -76,6 +80,9 @@ class StagedFinetuning(pl.Callback):
         planner: plans ``auto`` stages to the time budget (required when a stage says ``auto``).
         finish_views: network passes per validation photo at the end of the run, in units of
             one plain view: what the planner keeps free for it.
+        tail_format: how the trained part runs on a CPU (:mod:`carclf.train.tail_format`);
+            ``auto``: the format the planner's probe measured fastest for the stage (fp32's
+            default layout for a run without a plan).
     """
 
     def __init__(
@@ -86,8 +93,10 @@ class StagedFinetuning(pl.Callback):
         cache: CacheStage | None = None,
         planner: Planner | None = None,
         finish_views: float = 1.0,
+        tail_format: str = "auto",
     ):
         self.stages = stages
+        self.tail_format = tail_format
         self.layer_decay = layer_decay
         self.cache = cache or CacheStage()
         self.planner = planner
@@ -157,7 +166,8 @@ class StagedFinetuning(pl.Callback):
             trainer.fit_loop.max_epochs = total_epochs(self.stages)
         elif self.planner is not None:  # a budget, no plan: keep the end of the run free anyway
             size = self.stages[-1].image_size
-            seconds = finish_cost(trainer, pl_module, size, self.finish_views)
+            backend = final_backend(self.cache, self.stages, pl_module)
+            seconds = finish_cost(trainer, pl_module, size, self.finish_views, backend)
             self.planner.budget.keep(FINISH_MARGIN * seconds)
         if self._restored_rng is not None:
             set_rng_state(self._restored_rng)
@@ -178,7 +188,12 @@ class StagedFinetuning(pl.Callback):
             planner.make(
                 self.stages,
                 lambda: measure_costs(
-                    self.stages, self.cache, trainer, pl_module, self.finish_views
+                    self.stages,
+                    self.cache,
+                    trainer,
+                    pl_module,
+                    self.finish_views,
+                    self.tail_format,
                 ),
             )
             planner.plan = Plan.from_dict(trainer.strategy.broadcast(planner.plan.to_dict(), src=0))
@@ -251,6 +266,7 @@ class StagedFinetuning(pl.Callback):
         if self.cut:
             self.cache.prepare(stage, self.cut, dm, pl_module)
         pl_module.input_start = self.cut
+        apply_format(pl_module, self.stage_format(stage), self.cut)
         if stage.auto_epochs and self.planner is not None and not self.resumed:
             if self.planner.replan(self.stages, stage) is not None:  # after the cache is paid
                 self.stages = self.planner.apply(self.stages)
@@ -260,9 +276,18 @@ class StagedFinetuning(pl.Callback):
         self._log_stage(stage, pl_module)
         self._paused += time.perf_counter() - t0
 
+    def stage_format(self, stage: Stage) -> str:
+        """The format ``stage``'s trained part runs in (the plan's measured choice under
+        ``auto``)."""
+        if self.tail_format != "auto":
+            return self.tail_format
+        plan = self.planner.plan if self.planner is not None else None
+        chosen = plan.rates.get("tail_format", []) if plan is not None else []
+        return chosen[stage.index] if stage.index < len(chosen) else "fp32"
+
     def _log_stage(self, stage: Stage, pl_module) -> None:
         log.info(
-            "stage %d/%d %r: epochs %d-%d, %d/%d backbone groups trained (%s params), %d px, batch %d, lr %.2g%s",
+            "stage %d/%d %r: epochs %d-%d, %d/%d backbone groups trained (%s params), %d px, batch %d, lr %.2g%s%s",
             stage.index + 1,
             len(self.stages),
             stage.name,
@@ -275,6 +300,7 @@ class StagedFinetuning(pl.Callback):
             stage.batch_size,
             stage.lr,
             f", cached groups 0-{self.cut - 1}" if self.cut else "",
+            f", trained in {self.stage_format(stage)}" if pl_module.device.type == "cpu" else "",
         )
 
     # -- optimizers -------------------------------------------------------------------------
@@ -316,8 +342,9 @@ class StagedFinetuning(pl.Callback):
 
     def _replan_after_first_epoch(self, trainer: pl.Trainer) -> None:
         """Once an ``auto`` stage's second epoch has run (the first one pays the stage's warm-up),
-        fit its epochs to the second one's measured time and let the LR schedule run over the new
-        length from where it is."""
+        fit its epochs to the second one's measured time (then to the median of its epochs after
+        the 8th and every :data:`REPLAN_EVERY`) and let the LR schedule run over the new length
+        from where it is."""
         stage = self.current_stage()
         done = trainer.current_epoch - stage.start_epoch
         if (
@@ -325,7 +352,7 @@ class StagedFinetuning(pl.Callback):
             or self.planner.plan is None
             or self.resumed
             or not stage.auto_epochs
-            or done not in REPLAN_AFTER_EPOCHS
+            or not (done in REPLAN_AFTER_EPOCHS or (done > 8 and done % REPLAN_EVERY == 0))
             or self._last_epoch_stage != stage.index
             or not self.planner.epoch_log
         ):
@@ -340,9 +367,12 @@ class StagedFinetuning(pl.Callback):
         trainer.fit_loop.max_epochs = total_epochs(self.stages)
         stage = self.stages[stage.index]
         configs = trainer.lr_scheduler_configs
-        if configs and self.optim_stage == stage.index:  # the rest of the schedule, no warm-up
-            rest = dataclasses.replace(stage, epochs=stage.epochs - done, warmup_epochs=0.0)
-            steps = self._steps_per_epoch(rest, trainer)
-            built = build_scheduler(trainer.optimizers[0], rest, steps)
+        if configs and self.optim_stage == stage.index:
+            steps = self._steps_per_epoch(stage, trainer)
+            if stage.scheduler == "cosine":  # the same curve over the new length, from here
+                built = build_scheduler(trainer.optimizers[0], stage, steps, done * steps)
+            else:  # the rest of the schedule over what is left, no warm-up
+                rest = dataclasses.replace(stage, epochs=stage.epochs - done, warmup_epochs=0.0)
+                built = build_scheduler(trainer.optimizers[0], rest, steps)
             if built is not None and configs[0].interval == built["interval"]:
                 configs[0].scheduler = built["scheduler"]

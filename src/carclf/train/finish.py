@@ -19,6 +19,7 @@ from carclf.inference.open_set import (
     stratified_sample,
 )
 from carclf.models.bundle import BundleMeta, save_bundle
+from carclf.train.final_pass import final_backend
 from carclf.train.plots import plot_curves
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,10 @@ def _validate(run: FittedRun, net, metrics: dict):
     t0 = time.perf_counter()
     policy = cfg.calibration_tta if cfg.fit_temperature else "none"
     osc = _open_set_config(cfg)
-    views, labels, feats = val_view_logits(net, meta, run.dm, policy, features=osc.enabled)
+    backend = final_backend(run.staged.cache, run.staged.stages, run.module)
+    views, labels, feats = val_view_logits(
+        net, meta, run.dm, policy, features=osc.enabled, backend=backend
+    )
     plain = views[:, 0]  # every TTA policy's first view is the plain eval view
     run.val_logits = (plain, labels)
     metrics["val_acc"] = float((plain.argmax(1) == labels).mean())
@@ -195,7 +199,6 @@ def finish(run: FittedRun) -> dict:
         "epochs": stages[-1].end_epoch,
         **run.metrics,
         "cache_seconds": {k: round(v, 1) for k, v in run.staged.cache.seconds.items()},
-        "cache_engines": sorted(run.staged.cache.engine_names),
     }
     planner = run.staged.planner
     if planner is not None and planner.plan is not None:
@@ -204,6 +207,7 @@ def finish(run: FittedRun) -> dict:
         open_set = _validate(run, net, metrics) if len(run.dm.val_idx) else None
     finally:
         run.staged.cache.close()  # the run is done: a resume will not need them
+    metrics["cache_engines"] = sorted(run.staged.cache.engine_names)  # known once closed
     meta.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     arrays = {OPEN_SET_FILE: open_set.arrays()} if open_set is not None else None
     save_bundle(net, meta, run_dir / "bundle", fp16=cfg.bundle_fp16, arrays=arrays)
@@ -243,13 +247,17 @@ def _run_finished(run: FittedRun, metrics: dict) -> None:
             hook(run, metrics)
 
 
-def val_view_logits(net, meta: BundleMeta, dm, policy: str, features: bool = False):
+def val_view_logits(
+    net, meta: BundleMeta, dm, policy: str, features: bool = False, backend=None
+):
     """(N, V, K) validation logits for every view of ``policy``, the labels and (with
     ``features``) the plain view's (N, D) penultimate features, in ONE pass.
 
     The end of a run needs single-view metrics, the temperature of ``policy``'s merged logits and
     the open set's validation scores; the plain view is the first view of every policy, so one
     pass over the split (one decode per photo) serves all three. Unreadable photos are left out.
+    ``backend``: what computes the logits (default: the whole network in PyTorch; the run's
+    :class:`carclf.train.final_pass.PrefixTail`).
     """
     from carclf.data.tta import View
     from carclf.inference.classifier import Classifier
@@ -264,7 +272,12 @@ def val_view_logits(net, meta: BundleMeta, dm, policy: str, features: bool = Fal
         loader, f"final validation ({len(preset)} views)", unit="batch", stop_before=END_S
     )
     logits, seen, feats = loader_outputs(
-        Classifier(net, meta, device="cpu"), batches, len(dm.val_idx), len(preset), False, features
+        Classifier(net, meta, device="cpu", backend=backend),
+        batches,
+        len(dm.val_idx),
+        len(preset),
+        False,
+        features,
     )
     labels = dm.rows("val")["label"].to_numpy()
     return logits[seen], labels[seen], None if feats is None else feats[seen]

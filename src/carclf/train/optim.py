@@ -8,6 +8,7 @@ of groups added mid-run that schedulers never see.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -80,9 +81,13 @@ def _warmup_cosine(stage: Stage, total_steps: int, steps_per_epoch: int):
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, stage: Stage, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, stage: Stage, steps_per_epoch: int, start_step: int = 0
 ) -> dict | None:
-    """A Lightning ``lr_scheduler`` config for the stage (None for a constant LR)."""
+    """A Lightning ``lr_scheduler`` config for the stage (None for a constant LR).
+
+    ``start_step``: the schedule of a stage whose length was re-planned mid-way, at the step it
+    has reached (cosine only: the LR goes on from the same point of the new, longer or shorter
+    curve, and the scheduler counts steps from the stage's start, as a resumed run's does)."""
     total = max(1, stage.epochs * steps_per_epoch)
     if stage.scheduler == "constant":
         return None
@@ -90,6 +95,11 @@ def build_scheduler(
         sched = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _warmup_cosine(stage, total, steps_per_epoch)
         )
+        if start_step:
+            sched.last_epoch = start_step - 1
+            with warnings.catch_warnings():  # "step() before optimizer.step()": on purpose
+                warnings.simplefilter("ignore", UserWarning)
+                sched.step()
         return {"scheduler": sched, "interval": "step"}
     if stage.scheduler == "onecycle":
         pct = (

@@ -46,7 +46,9 @@ class PlanConfig:
 
     fill: float = 0.94  # aim to end at this share of the budget (the rest absorbs timing noise)
     min_views: int = 2  # the plain view and its mirror
-    max_views: int = 16
+    # 16 until the int8 cache engine halved a view's cost; more views beat a longer tail
+    # (shared/notes/cpu-training.md), and cache_share still bounds them
+    max_views: int = 32
     cache_share: float = 0.45  # at most this share of the planned time builds caches
     min_epochs: int = 6  # fewer views before fewer epochs than this
 

@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from carclf.train.cache_stage import CacheStage
+from carclf.train.final_pass import final_backend
 from carclf.train.planner import StageCost
 from carclf.train.stages import Stage
+from carclf.train.tail_format import apply_format, candidates
 
 log = logging.getLogger(__name__)
 # Per epoch beyond the measured steps: checkpoints (best + last), logging, loader set-up.
@@ -42,6 +44,25 @@ def _sync(device: torch.device) -> None:
 def _batch(inputs: torch.Tensor, size: int) -> torch.Tensor:
     reps = -(-size // len(inputs))
     return inputs.repeat(reps, *([1] * (inputs.ndim - 1)))[:size]
+
+
+# A format other than fp32's default layout must beat it by this much (3 timed steps are noisy).
+FORMAT_MARGIN = 1.05
+
+
+def _fastest_format(trainer, pl_module, stage, cut: int, inputs, choice: str):
+    """(format, images/s, {format: images/s}): ``stage``'s trained part timed in each of the
+    formats ``tail_format=choice`` allows (:mod:`carclf.train.tail_format`); the fastest kept."""
+    rates = {}
+    try:
+        for name in candidates(choice, pl_module.device):
+            apply_format(pl_module, name, cut)
+            rates[name] = _train_rate(trainer, pl_module, stage, cut, inputs)
+    finally:
+        apply_format(pl_module, "fp32", cut)
+    fp32 = rates.get("fp32", 0.0) * FORMAT_MARGIN
+    best = max(rates, key=lambda n: rates[n] if n != "fp32" else fp32)
+    return best, rates[best], {k: round(v, 1) for k, v in rates.items()}
 
 
 def _train_rate(trainer, pl_module, stage, cut: int, inputs: torch.Tensor, steps: int = 3):
@@ -87,21 +108,41 @@ def _eval_rate(
     return len(x) / statistics.median(times[1:])
 
 
-def _finish_cost(trainer, pl_module, size: int, finish_views: float) -> tuple[float, float]:
-    """(seconds, images/s): the end of the run, from the whole network's speed at ``size``."""
-    full = _eval_rate(trainer, pl_module, 0, torch.randn(8, 3, size, size), batch=8, runs=4)
+@torch.inference_mode()
+def _backend_rate(backend, size: int, batch: int = 8, runs: int = 4) -> float:
+    """Images/s of the end of the run's backend (:mod:`carclf.train.final_pass`); its first
+    call exports the prefix engine it will use then."""
+    x = torch.randn(batch, 3, size, size)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        backend(x)
+        times.append(time.perf_counter() - t)
+    return batch / statistics.median(times[1:])
+
+
+def _finish_cost(
+    trainer, pl_module, size: int, finish_views: float, backend=None
+) -> tuple[float, float]:
+    """(seconds, images/s): the end of the run, from the speed at ``size`` of what will run it
+    (``backend``: the frozen prefix through an engine + the tail; None: the whole network)."""
+    if backend is not None:
+        pl_module.net.eval()
+        full = _backend_rate(backend, size)
+    else:
+        full = _eval_rate(trainer, pl_module, 0, torch.randn(8, 3, size, size), batch=8, runs=4)
     n_val = len(trainer.datamodule.rows("val"))
     return n_val * finish_views / full + FINISH_OVERHEAD_S, full
 
 
-def finish_cost(trainer, pl_module, size: int, finish_views: float) -> float:
+def finish_cost(trainer, pl_module, size: int, finish_views: float, backend=None) -> float:
     """Seconds the end of the run will take (its validation pass with ``finish_views`` network
     passes per photo, the bundle): what a budget without a plan keeps free. The network is left
     as it was."""
     net = pl_module.net
     training, start = net.training, pl_module.input_start
     try:
-        seconds, full = _finish_cost(trainer, pl_module, size, finish_views)
+        seconds, full = _finish_cost(trainer, pl_module, size, finish_views, backend)
     finally:
         net.train(training)
         pl_module.input_start = start
@@ -110,10 +151,16 @@ def finish_cost(trainer, pl_module, size: int, finish_views: float) -> float:
 
 
 def measure_costs(
-    stages: list[Stage], cache: CacheStage, trainer, pl_module, finish_views: float
+    stages: list[Stage],
+    cache: CacheStage,
+    trainer,
+    pl_module,
+    finish_views: float,
+    tail_format: str = "auto",
 ) -> tuple[list[StageCost], float, dict]:
-    """Costs of each stage, of the end of the run (``finish_views`` network passes per
-    validation photo), and the measured rates."""
+    """Costs of each stage (its trained part in the fastest format ``tail_format`` allows),
+    of the end of the run (``finish_views`` network passes per validation photo), and the
+    measured rates."""
     dm, net = trainer.datamodule, pl_module.net
     saved_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     saved_grad = {n: p.requires_grad for n, p in net.named_parameters()}
@@ -125,10 +172,19 @@ def measure_costs(
         dm.batch_size,
         dm.augment_strength,
     )
-    rates: dict = {"prefix_views_per_s": {}, "train_img_per_s": [], "val_img_per_s": []}
+    rates: dict = {
+        "prefix_views_per_s": {},
+        "train_img_per_s": [],
+        "val_img_per_s": [],
+        "tail_format": [],
+        "tail_formats_img_per_s": [],
+    }
     try:
-        costs = _stage_costs(stages, cache, trainer, pl_module, rates)
-        finish, full = _finish_cost(trainer, pl_module, stages[-1].image_size, finish_views)
+        costs = _stage_costs(stages, cache, trainer, pl_module, rates, tail_format)
+        backend = final_backend(cache, stages, pl_module)
+        finish, full = _finish_cost(
+            trainer, pl_module, stages[-1].image_size, finish_views, backend
+        )
         rates["full_eval_img_per_s"] = round(full, 1)
     finally:
         net.load_state_dict(saved_state)
@@ -147,7 +203,9 @@ def measure_costs(
     return costs, finish, rates
 
 
-def _stage_costs(stages, cache: CacheStage, trainer, pl_module, rates: dict) -> list[StageCost]:
+def _stage_costs(
+    stages, cache: CacheStage, trainer, pl_module, rates: dict, tail_format: str
+) -> list[StageCost]:
     dm = trainer.datamodule
     n_train, n_val = len(dm.rows("train")), len(dm.rows("val"))
     costs, probes, previous = [], {}, None
@@ -175,8 +233,10 @@ def _stage_costs(stages, cache: CacheStage, trainer, pl_module, rates: dict) -> 
                 per_view, fixed = n_train / rate, n_val / rate
         else:
             inputs = torch.randn(8, 3, stage.image_size, stage.image_size)
-        train = _train_rate(trainer, pl_module, stage, cut, inputs)
+        fmt, train, tried = _fastest_format(trainer, pl_module, stage, cut, inputs, tail_format)
         val = _eval_rate(trainer, pl_module, cut, inputs) if n_val else float("inf")
+        rates["tail_format"].append(fmt)
+        rates["tail_formats_img_per_s"].append(tried)
         rates["train_img_per_s"].append(round(train, 1))
         rates["val_img_per_s"].append(round(val, 1))
         costs.append(StageCost(per_view, fixed, n_train / train + n_val / val + EPOCH_OVERHEAD_S))

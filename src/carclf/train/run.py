@@ -43,6 +43,7 @@ from carclf.train.planner import Budget, Planner
 from carclf.train.prefix_engine import check_engine
 from carclf.train.progress import progress_bar, quiet_third_party
 from carclf.train.stages import resolve_stages, total_epochs
+from carclf.train.tail_format import check_format
 from carclf.train.time_budget import TimeBudget
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,7 @@ def check_settings(cfg: DictConfig) -> None:
             f"calibration_tta={cfg.calibration_tta!r}: choose one of {sorted(TTA_PRESETS)}"
         )
     check_engine(cfg.cache_engine, "cuda" if _on_gpu(cfg) else "cpu")
+    check_format(cfg.get("tail_format", "auto"))
     if cfg.get("open_set") is not None:
         check_open_set(cfg.open_set)
 
@@ -359,6 +361,7 @@ def build_staged(cfg: DictConfig, module: CarClassifier, run_dir: Path, started:
         cache=cache,
         planner=planner,
         finish_views=_finish_views(cfg, dm, bank_cached),
+        tail_format=cfg.get("tail_format", "auto"),  # a run resumed from before it existed
     )
 
 
