@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 
 # Random crops of a large photo upscale a part of it: keep 1.5x the size when drafting the JPEG.
 DRAFT_FACTOR = 1.5
-PROBE_IMAGES = 32
-# The probe's views per photo: one plain view and train-time crops, as a large pool has them
-# (a 16-view pool is 2 plain views and 14 crops; crops cost more to make than the plain view:
-# a probe of one plain view and one crop measured a Lite2 build 1.3x faster than it ran).
+# Photos the probe caches: 48 x 4 views; its rate still varied 155-207 views/s between runs
+# whose builds all ran at 158-161 (BENCHMARKS.md), which the re-plans absorb.
+PROBE_IMAGES = 48
+# The probe's views per photo: one plain view and train-time crops, mostly crops as a large pool
+# is (a 32-view pool is 2 plain views and 30 crops).
 PROBE_CROPS = 3
 GATE_PHOTOS = 32  # training photos a low-precision engine calibrates on; as many held out
 CHOICE_FILE = "engine.json"  # the cache dir's record of the engine chosen (resume keeps it)
@@ -276,7 +277,8 @@ class CacheStage:
     def probe(self, dm, pl_module, stage: Stage, cut: int) -> tuple[torch.Tensor, float]:
         """Cache a plain view and :data:`PROBE_CROPS` crops of a few train photos with the run's
         engine: features and views/s."""
-        rows = dm.rows("train").iloc[:PROBE_IMAGES]
+        train = dm.rows("train")
+        rows = train.iloc[_spread(len(train), PROBE_IMAGES)]  # not one class's photos
         fingerprint = prefix_fingerprint(pl_module.net, cut)
         views = 1 + PROBE_CROPS
         key = CacheKey(
