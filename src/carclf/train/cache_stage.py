@@ -122,7 +122,7 @@ class CacheStage:
             names = candidates(self.engine_choice, self._recorded())
             if names and dm is not None and pl_module.device.type == "cpu" and not spent:
                 try:
-                    engine = self._low_precision(engine, names, cut, dm, pl_module)
+                    engine = self._low_precision(engine, names, key, dm, pl_module)
                 except Exception as e:  # no gate, no low precision: the run goes on in fp32
                     log.warning(
                         "low-precision cache engines not tried (%s: %s): using %s",
@@ -143,19 +143,17 @@ class CacheStage:
         if own is not None and own.name in ("onnx", "torch"):
             return own
         if key not in self._final:
-            name = resolve_engine(
-                "auto" if self.engine_choice in ("int8", "bf16") else self.engine_choice,
-                pl_module.device,
-            )
+            name = resolve_engine(self.engine_choice, pl_module.device)
             self._final[key] = make_engine(
                 name, net, pl_module.meta, cut, size, workdir=self.cache_dir
             )
         return self._final[key]
 
-    def _low_precision(self, baseline: CheckedEngine, names, cut: int, dm, pl_module):
+    def _low_precision(self, baseline: CheckedEngine, names, key: tuple, dm, pl_module):
         """``baseline`` (fp32) or the low-precision engine that passes its gate (and, under
-        ``auto`` with nothing recorded, measures faster)."""
-        net = pl_module.net
+        ``auto`` with nothing recorded, measures faster). A baseline that loses is kept for the
+        end of the run's fp32 passes (:meth:`final_engine`) rather than exported again."""
+        net, cut = pl_module.net, key[0]
         sample = self.gate_sample(dm)
         reference = Reference(baseline, net, cut, sample)
 
@@ -168,7 +166,7 @@ class CacheStage:
         if chosen is None:
             self._record(baseline.name)
             return baseline
-        baseline.close()
+        self._final[key] = baseline
         self._record(chosen.name)
         rate = next((r.views_per_s for r in results if r.engine == chosen.name), None)
         log.info(

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from carclf.models.network import CarNet
-from carclf.train.prefix_engine import OnnxPrefix
+from carclf.train.prefix_engine import OnnxPrefix, TorchPrefix
 
 log = logging.getLogger(__name__)
 
@@ -66,27 +66,17 @@ def unavailable(name: str) -> str | None:
     return f"not a low-precision engine: {name!r}"
 
 
-class Bf16TorchPrefix:
+class Bf16TorchPrefix(TorchPrefix):
     """Groups ``0..cut-1`` of the live network under bf16 autocast (eval mode, channels_last)."""
 
     name = "bf16"
 
     def __init__(self, net: CarNet, cut: int):
-        self.net, self.cut = net, cut
+        super().__init__(net, cut, channels_last=True)
 
-    @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to("cpu").float()
-        if x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = self.net.features_from(x, 0, self.cut)
-            return out.float().contiguous()
-        finally:
-            self.net.train(was_training)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return super().__call__(x.float())
 
 
 class Int8OnnxPrefix(OnnxPrefix):
