@@ -37,10 +37,9 @@ from omegaconf import OmegaConf
 from carclf.data.datamodule import CarDataModule
 from carclf.data.inputs import LabelMatcher, collect_inputs
 from carclf.data.tta import TTAPreset, merge_views
-from carclf.inference.calibration import expected_calibration_error
 from carclf.evaluate.metrics import accuracy, top_k_accuracy
 from carclf.inference import Classifier, find_model
-from carclf.inference.calibration import fit_temperature
+from carclf.inference.calibration import expected_calibration_error, fit_temperature
 from carclf.inference.files import infer_paths
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from carclf.inference.calibration import expected_calibration_error, reliability_bins
-from carclf.inference.calibration import fit_temperature, temperature_nll
+from carclf.inference.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+    temperature_nll,
+)
 
 
 def test_ece_by_hand():

@@ -37,7 +37,9 @@ def test_a_replanned_cosine_goes_on_from_where_it_is():
     low = longer.min_lr_ratio
     want = low + (1 - low) * 0.5 * (1 + math.cos(math.pi * (20 - warm) / (12 * STEPS - warm)))
     assert math.isclose(after, want, rel_tol=1e-6)
-    assert after > before and after - before < 0.1  # a little more time: a little higher, no restart
+    assert (
+        after > before and after - before < 0.1
+    )  # a little more time: a little higher, no restart
     assert sched.last_epoch == 20
     # a run resumed here rebuilds the stage's scheduler from step 0 and loads the state
     opt2 = _optimizer()
@@ -45,4 +47,3 @@ def test_a_replanned_cosine_goes_on_from_where_it_is():
     resumed.load_state_dict(sched.state_dict())
     opt.step(), sched.step(), opt2.step(), resumed.step()
     assert math.isclose(opt.param_groups[0]["lr"], opt2.param_groups[0]["lr"], rel_tol=1e-9)
-

@@ -87,8 +87,10 @@ def test_the_probe_keeps_the_fastest_format_and_fp32_on_a_tie(module, monkeypatc
     speeds = {}
 
     def timed(trainer, pl_module, stage, cut, inputs, steps=3):
-        name = "bf16" if pl_module.autocast_bf16 else (
-            "channels_last" if pl_module.input_channels_last else "fp32"
+        name = (
+            "bf16"
+            if pl_module.autocast_bf16
+            else ("channels_last" if pl_module.input_channels_last else "fp32")
         )
         return speeds[name]
 

@@ -172,9 +172,7 @@ def check(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="carclf check", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="carclf check", description=__doc__.splitlines()[0])
     parser.add_argument(
         "path", help="dataset: Kaggle layout, folder per class, CSV of path,label, or a zip of any"
     )

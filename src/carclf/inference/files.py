@@ -89,7 +89,9 @@ def loader_outputs(
     feats = None
     seen = np.zeros(num_items, dtype=bool)
     # progress: a bar on a terminal only (in a log a bar is a stream of carriage returns)
-    bar = tqdm(total=num_items, unit="img", desc=desc, disable=None if progress else True, leave=False)
+    bar = tqdm(
+        total=num_items, unit="img", desc=desc, disable=None if progress else True, leave=False
+    )
     for batch in loader:
         if batch is None:  # every image of this batch was unreadable
             continue

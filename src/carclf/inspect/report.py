@@ -237,9 +237,7 @@ def write_run_report(index: DatasetIndex, run_dir: str | Path, mode: str = "chea
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = dataset_parser(
-        "carclf report", __doc__.splitlines()[0], "outputs/data-report"
-    )
+    parser = dataset_parser("carclf report", __doc__.splitlines()[0], "outputs/data-report")
     parser.add_argument("--doctor", action="store_true", help="also run the label doctor")
     parser.add_argument("--folds", type=int, default=5, help="label doctor: cross-validation folds")
     parser.add_argument(

@@ -247,9 +247,7 @@ def _run_finished(run: FittedRun, metrics: dict) -> None:
             hook(run, metrics)
 
 
-def val_view_logits(
-    net, meta: BundleMeta, dm, policy: str, features: bool = False, backend=None
-):
+def val_view_logits(net, meta: BundleMeta, dm, policy: str, features: bool = False, backend=None):
     """(N, V, K) validation logits for every view of ``policy``, the labels and (with
     ``features``) the plain view's (N, D) penultimate features, in ONE pass.
 
